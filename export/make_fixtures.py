@@ -1,0 +1,50 @@
+#!/usr/bin/env python3
+"""Generate the small model directories the Rust tests use (tests/data/), from seeded random configs.
+
+Reproduce (the files are checked in; rerun after changing the exporter or these configs)::
+
+    python3 export/make_fixtures.py --out tests/data
+
+* ``tiny-llama-k3``: a three-objective head (``num_labels = 3``), manifest padding side ``left``.
+* ``tiny-llama-padeos``: pad id == eos id, with records that end in eos; the exporter keeps transformers'
+  ``non_pad`` rule for it, and the reference rewards are PyTorch's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import export  # noqa: E402
+import tinymodels  # noqa: E402
+
+PADEOS_RECORDS = [
+    {"id": "ends-in-eos", "text": "Hello there, how are you today?</s>"},
+    {"id": "ends-in-two-eos", "text": "The quick brown fox</s></s>"},
+    {"id": "no-eos", "text": "The quick brown fox jumps over the lazy dog."},
+    {"id": "pair", "prompt": "What is the capital of France?", "response": " Paris.</s>"},
+    {"id": "short", "text": "a</s>"},
+]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("tests/data"))
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        k3 = tinymodels.make_llama_rm(Path(tmp) / "tiny-llama-k3", num_labels=3, seed=1)
+        export.export_model(k3, args.out / "tiny-llama-k3", padding_side="left", name="tiny-llama-k3")
+        padeos = tinymodels.make_llama_rm(Path(tmp) / "tiny-llama-padeos", pad_token_id=2, seed=2)
+        manifest = export.export_model(
+            padeos, args.out / "tiny-llama-padeos", records=PADEOS_RECORDS, name="tiny-llama-padeos"
+        )
+        assert manifest["last_token"] == "non_pad", manifest["last_token"]
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,408 @@
+//! `rewardrt`: the command-line shell over the library. Parses arguments, calls `rewardrt`, prints results.
+//!
+//! Exit status: 0 success; 1 fatal error (bad model, no ONNX Runtime, unavailable execution provider, failed
+//! verification); 2 some input records failed while the others were scored and written.
+
+use std::{
+    fs::File,
+    io::{self, BufRead, BufReader, BufWriter, Write},
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use rewardrt::{
+    bench::{self, BenchCase},
+    ep, record, verify, ExecutionProvider, Input, LastTokenRule, PaddingSide, Scorer, ScorerOptions,
+};
+use serde_json::{json, Value};
+
+/// Run LLM reward models exported to ONNX: r = h_last · W_r, exactly, on any execution provider.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Score JSONL records {"id"?, "prompt", "response"} or {"id"?, "text"}; writes {"id", "reward"} per line
+    /// ("rewards": [...] for multi-output heads, "error" for a record that failed), in input order.
+    Score(ScoreArgs),
+    /// Show the model's manifest, graph inputs/outputs, ONNX Runtime library and execution providers.
+    Info(InfoArgs),
+    /// Re-score the model's reference.jsonl and compare with the rewards PyTorch computed.
+    Verify(VerifyArgs),
+    /// Measure sequences/s and tokens/s for several batch sizes and lengths.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    /// Model directory (contains rewardrt.json).
+    #[arg(long, short)]
+    model: PathBuf,
+    /// Execution provider: auto, cpu, cuda, tensorrt, directml (optionally :DEVICE, e.g. cuda:1).
+    #[arg(long, default_value = "auto", value_parser = ExecutionProvider::parse)]
+    ep: ExecutionProvider,
+    /// ONNX Runtime intra-op threads (default: ONNX Runtime's choice).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Sequences per backbone call.
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Padding side (default: the manifest's).
+    #[arg(long, value_enum)]
+    padding_side: Option<PaddingSide>,
+    /// Last-token rule (default: the manifest's).
+    #[arg(long, value_enum)]
+    last_token: Option<LastTokenRule>,
+    /// ONNX Runtime library to load (default: ORT_DYLIB_PATH, next to the executable, the build's copy, system).
+    #[arg(long, env = "REWARDRT_ORT_LIBRARY")]
+    ort_library: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    fn load(&self) -> Result<Scorer> {
+        let mut options = ScorerOptions::default()
+            .with_ep(self.ep)
+            .with_batch_size(self.batch_size);
+        if let Some(n) = self.threads {
+            options = options.with_threads(n);
+        }
+        if let Some(side) = self.padding_side {
+            options = options.with_padding_side(side);
+        }
+        if let Some(rule) = self.last_token {
+            options = options.with_last_token(rule);
+        }
+        if let Some(path) = &self.ort_library {
+            options = options.with_ort_library(path);
+        }
+        let scorer = Scorer::load(&self.model, options)
+            .with_context(|| format!("cannot load model {}", self.model.display()))?;
+        let report = scorer.ep_report();
+        if report.fell_back_to_cpu() {
+            eprintln!("rewardrt: warning: {}", report.summary());
+        } else {
+            eprintln!("rewardrt: {}", report.summary());
+        }
+        Ok(scorer)
+    }
+}
+
+#[derive(Args)]
+struct ScoreArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Input JSONL file, or - for stdin.
+    #[arg(long, short, default_value = "-")]
+    input: PathBuf,
+    /// Output JSONL file, or - for stdout.
+    #[arg(long, short, default_value = "-")]
+    output: PathBuf,
+}
+
+#[derive(Args)]
+struct InfoArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct VerifyArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Largest accepted absolute difference from PyTorch's rewards.
+    #[arg(long, default_value_t = verify::DEFAULT_TOLERANCE)]
+    tolerance: f32,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Batch sizes to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 8, 32])]
+    batch_sizes: Vec<usize>,
+    /// Sequence lengths in tokens, comma-separated (capped at the model's max_length).
+    #[arg(long, value_delimiter = ',', default_values_t = [16, 32, 64])]
+    lengths: Vec<usize>,
+    /// Sequences per measurement.
+    #[arg(long, default_value_t = 256)]
+    sequences: usize,
+    /// Repetitions per configuration; the fastest is reported.
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Score(args) => score(args),
+        Command::Info(args) => info(args).map(|()| ExitCode::SUCCESS),
+        Command::Verify(args) => verify_cmd(args),
+        Command::Bench(args) => bench_cmd(args).map(|()| ExitCode::SUCCESS),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rewardrt: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<io::Error>())
+        .any(|io| io.kind() == io::ErrorKind::BrokenPipe)
+}
+
+fn open_input(path: &Path) -> Result<Box<dyn BufRead>> {
+    if path == Path::new("-") {
+        return Ok(Box::new(BufReader::new(io::stdin())));
+    }
+    let file = File::open(path).with_context(|| format!("cannot open input {}", path.display()))?;
+    Ok(Box::new(BufReader::new(file)))
+}
+
+fn open_output(path: &Path) -> Result<Box<dyn Write>> {
+    if path == Path::new("-") {
+        return Ok(Box::new(BufWriter::new(io::stdout().lock())));
+    }
+    let file = File::create(path).with_context(|| format!("cannot create output {}", path.display()))?;
+    Ok(Box::new(BufWriter::new(file)))
+}
+
+fn score(args: ScoreArgs) -> Result<ExitCode> {
+    let scorer = args.model.load()?;
+    let source = if args.input == Path::new("-") {
+        "<stdin>".to_owned()
+    } else {
+        args.input.display().to_string()
+    };
+    let lines = record::read_jsonl(open_input(&args.input)?).with_context(|| format!("cannot read {source}"))?;
+    let mut out = open_output(&args.output)?;
+    let multi = scorer.num_labels() > 1;
+    let mut failed = 0usize;
+
+    // Score in chunks so output streams and memory stays bounded on large files.
+    for chunk in lines.chunks(1024) {
+        let good: Vec<&record::Record> = chunk.iter().filter_map(|l| l.as_ref().ok()).collect();
+        let inputs: Vec<Input> = good.iter().map(|r| r.input.clone()).collect();
+        let mut scored = scorer.score(&inputs)?.into_iter();
+        for line in chunk {
+            let value = match line {
+                Err(e) => {
+                    failed += 1;
+                    eprintln!("rewardrt: {source}:{e}");
+                    json!({"id": e.id, "error": e.to_string()})
+                }
+                Ok(record) => match scored.next().expect("one result per record") {
+                    Ok(rewards) if multi => json!({"id": record.id, "rewards": rewards}),
+                    Ok(rewards) => json!({"id": record.id, "reward": rewards[0]}),
+                    Err(e) => {
+                        failed += 1;
+                        let message = match e {
+                            rewardrt::Error::Record { field, message, .. } => match field {
+                                Some(f) => format!("field `{f}`: {message}"),
+                                None => message,
+                            },
+                            other => other.to_string(),
+                        };
+                        eprintln!("rewardrt: {source}:line {}: {message}", record.line);
+                        json!({"id": record.id, "error": format!("line {}: {message}", record.line)})
+                    }
+                },
+            };
+            serde_json::to_writer(&mut out, &value)?;
+            out.write_all(b"\n")?;
+        }
+    }
+    out.flush()?;
+    if failed > 0 {
+        eprintln!(
+            "rewardrt: {failed} of {} records failed; the others were scored",
+            lines.len()
+        );
+        return Ok(ExitCode::from(2));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn info(args: InfoArgs) -> Result<()> {
+    let scorer = args.model.load()?;
+    let model = scorer.model();
+    let m = &model.manifest;
+    let rt = scorer.runtime();
+    let report = scorer.ep_report();
+    let io_json = |ios: &[rewardrt::backbone::GraphIo]| -> Vec<Value> {
+        ios.iter()
+            .map(|io| json!({"name": io.name, "dtype": io.dtype, "shape": io.shape}))
+            .collect()
+    };
+    let value = json!({
+        "model": {
+            "dir": model.dir,
+            "name": m.name,
+            "architecture": m.architecture,
+            "format_version": m.format_version,
+            "hidden_size": m.backbone.hidden_size,
+            "labels": scorer.labels(),
+            "max_length": scorer.max_length(),
+            "padding_side": scorer.padding_side(),
+            "last_token": m.last_token,
+            "template": m.format.template,
+            "pad_id": m.tokenizer.pad_id,
+            "bos_id": m.tokenizer.bos_id,
+            "eos_id": m.tokenizer.eos_id,
+            "exporter": m.exporter,
+            "parity": m.parity,
+        },
+        "graph": {
+            "inputs": io_json(scorer.backbone().inputs()),
+            "outputs": io_json(scorer.backbone().outputs()),
+        },
+        "onnxruntime": {
+            "version": rt.version,
+            "library": rt.library,
+            "source": rt.source.to_string(),
+            "resolution_order": ["--ort-library / REWARDRT_ORT_LIBRARY", "ORT_DYLIB_PATH", "next to the executable",
+                                 "fetched by the build", "system loader"],
+        },
+        "execution_providers": {
+            "compiled_in": ep::compiled_in(),
+            "in_library": ep::available_in_library(),
+            "requested": report.requested.name(),
+            "effective": report.effective,
+            "fallbacks": report.fallbacks.iter().map(|(e, why)| json!({"ep": e, "reason": why})).collect::<Vec<_>>(),
+        },
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    let mut out = io::stdout().lock();
+    writeln!(out, "model          {} ({})", m.name, model.dir.display())?;
+    writeln!(out, "architecture   {}", m.architecture.as_deref().unwrap_or("?"))?;
+    writeln!(out, "hidden size    {}", m.backbone.hidden_size)?;
+    writeln!(
+        out,
+        "head           [{}, {}] labels {:?}",
+        m.head.shape[0],
+        m.head.shape[1],
+        scorer.labels()
+    )?;
+    writeln!(out, "max length     {}", scorer.max_length())?;
+    writeln!(out, "padding side   {:?}", scorer.padding_side())?;
+    writeln!(out, "last token     {:?}", m.last_token)?;
+    writeln!(out, "template       {:?}", m.format.template)?;
+    writeln!(
+        out,
+        "special ids    pad {} bos {:?} eos {:?}",
+        m.tokenizer.pad_id, m.tokenizer.bos_id, m.tokenizer.eos_id
+    )?;
+    for io in scorer.backbone().inputs() {
+        writeln!(out, "graph input    {} {} {:?}", io.name, io.dtype, io.shape)?;
+    }
+    for io in scorer.backbone().outputs() {
+        writeln!(out, "graph output   {} {} {:?}", io.name, io.dtype, io.shape)?;
+    }
+    writeln!(
+        out,
+        "onnxruntime    {} from {} ({})",
+        rt.version,
+        rt.library.display(),
+        rt.source
+    )?;
+    writeln!(out, "EPs compiled   {}", ep::compiled_in().join(", "))?;
+    writeln!(out, "EPs in library {}", ep::available_in_library().join(", "))?;
+    writeln!(out, "{}", report.summary())?;
+    Ok(())
+}
+
+fn verify_cmd(args: VerifyArgs) -> Result<ExitCode> {
+    let scorer = args.model.load()?;
+    let checked = scorer.model().verify_checksums(None)?;
+    let report = verify::verify(&scorer, args.tolerance)?;
+    println!("checksums      {checked} files match rewardrt.json");
+    println!("reference      {} ({} records)", report.file.display(), report.records);
+    println!("max |Δ|        {:.3e}", report.max_abs_diff);
+    println!("mean |Δ|       {:.3e}", report.mean_abs_diff);
+    if let Some(worst) = &report.worst {
+        println!("worst record   {worst}");
+    }
+    if !report.token_mismatches.is_empty() {
+        println!(
+            "token ids differ from the reference for: {}",
+            report
+                .token_mismatches
+                .iter()
+                .map(Value::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    if report.passed() {
+        println!("PASS (tolerance {:.0e})", report.tolerance);
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("FAIL (tolerance {:.0e})", report.tolerance);
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+fn bench_cmd(mut args: BenchArgs) -> Result<()> {
+    args.model.batch_size = args.batch_sizes.iter().copied().max().unwrap_or(1);
+    let scorer = args.model.load()?;
+    let (_, rows) = verify::read_reference(&scorer)?;
+    let base = rows
+        .iter()
+        .find_map(|r| r.text.clone().or_else(|| r.prompt.clone()))
+        .unwrap_or_else(|| "The quick brown fox jumps over the lazy dog.".to_owned());
+    let mut cases = Vec::new();
+    let mut lengths: Vec<usize> = args.lengths.iter().map(|&l| l.min(scorer.max_length())).collect();
+    lengths.dedup();
+    for &length in &lengths {
+        for &batch_size in &args.batch_sizes {
+            cases.push(BenchCase {
+                batch_size,
+                length,
+                sequences: args.sequences,
+            });
+        }
+    }
+    let rows = bench::run(&scorer, &base, &cases, args.repeats)?;
+    println!(
+        "model {} | EP {} | threads {} | {} sequences per cell, best of {}",
+        scorer.model().manifest.name,
+        scorer.ep_report().effective,
+        args.model.threads.map_or("ORT default".to_owned(), |n| n.to_string()),
+        args.sequences,
+        args.repeats
+    );
+    println!("| batch | tokens/seq | seq/s | tokens/s | tokenize % | backbone % | select+head % |");
+    println!("|------:|-----------:|------:|---------:|-----------:|-----------:|--------------:|");
+    for row in rows {
+        let total = (row.format_tokenize + row.backbone + row.select_head).as_secs_f64();
+        let pct = |d: std::time::Duration| 100.0 * d.as_secs_f64() / total;
+        println!(
+            "| {} | {:.1} | {:.1} | {:.0} | {:.1} | {:.1} | {:.2} |",
+            row.case.batch_size,
+            row.mean_tokens,
+            row.sequences_per_s(),
+            row.tokens_per_s(),
+            pct(row.format_tokenize),
+            pct(row.backbone),
+            pct(row.select_head)
+        );
+    }
+    Ok(())
+}

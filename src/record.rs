@@ -1,0 +1,188 @@
+//! Input records: what a user scores, and reading them from JSONL without losing good lines to bad ones.
+//!
+//! A record is `{"id"?, "prompt", "response"}` or `{"id"?, "text"}` (already formatted). Each JSONL line is
+//! parsed on its own: a malformed line, a missing or mistyped field, or invalid UTF-8 becomes a
+//! [`LineError`] naming the line and field, and the other lines are still returned.
+
+use std::io::BufRead;
+
+use serde_json::Value;
+
+/// What to score.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// A prompt and a response, formatted by the model's template.
+    Pair { prompt: String, response: String },
+    /// Text already formatted as the model expects.
+    Text(String),
+}
+
+impl Input {
+    /// A `{prompt, response}` input.
+    pub fn pair(prompt: impl Into<String>, response: impl Into<String>) -> Self {
+        Input::Pair {
+            prompt: prompt.into(),
+            response: response.into(),
+        }
+    }
+
+    /// An already formatted input.
+    pub fn text(text: impl Into<String>) -> Self {
+        Input::Text(text.into())
+    }
+}
+
+/// One parsed JSONL line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// 1-based line number in the source.
+    pub line: usize,
+    /// The record's `id`, or its line number when it has none.
+    pub id: Value,
+    pub input: Input,
+}
+
+/// A line that could not be turned into a record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LineError {
+    pub line: usize,
+    /// The record's `id` when the line was JSON with an id, else its line number.
+    pub id: Value,
+    pub field: Option<&'static str>,
+    pub message: String,
+}
+
+impl std::fmt::Display for LineError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line {}", self.line)?;
+        if let Some(field) = self.field {
+            write!(f, ", field `{field}`")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Reads JSONL records; blank lines are skipped. The outer error is an I/O failure of the reader itself.
+///
+/// # Errors
+/// Only when reading from `reader` fails; bad lines are returned as `Err` entries.
+pub fn read_jsonl(mut reader: impl BufRead) -> std::io::Result<Vec<Result<Record, LineError>>> {
+    let mut out = Vec::new();
+    let mut buf = Vec::new();
+    let mut line = 0;
+    loop {
+        buf.clear();
+        if reader.read_until(b'\n', &mut buf)? == 0 {
+            break;
+        }
+        line += 1;
+        let bytes = buf.strip_suffix(b"\n").unwrap_or(&buf);
+        let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        out.push(parse_line(line, bytes));
+    }
+    Ok(out)
+}
+
+/// Parses one line (without its newline).
+pub fn parse_line(line: usize, bytes: &[u8]) -> Result<Record, LineError> {
+    let fallback_id = Value::from(line);
+    let err = |id: &Value, field, message: String| LineError {
+        line,
+        id: id.clone(),
+        field,
+        message,
+    };
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| err(&fallback_id, None, format!("invalid UTF-8 at byte {}", e.valid_up_to())))?;
+    let value: Value = serde_json::from_str(text).map_err(|e| err(&fallback_id, None, format!("invalid JSON: {e}")))?;
+    let Value::Object(obj) = value else {
+        return Err(err(&fallback_id, None, "expected a JSON object".into()));
+    };
+    let id = match obj.get("id") {
+        None | Some(Value::Null) => fallback_id,
+        Some(v @ (Value::String(_) | Value::Number(_))) => v.clone(),
+        Some(_) => return Err(err(&fallback_id, Some("id"), "must be a string or a number".into())),
+    };
+    let string = |field: &'static str| -> Result<Option<String>, LineError> {
+        match obj.get(field) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(other) => Err(err(&id, Some(field), format!("must be a string, got {}", kind(other)))),
+        }
+    };
+    let input = match (string("text")?, string("prompt")?, string("response")?) {
+        (Some(text), None, None) => Input::Text(text),
+        (Some(_), _, _) => {
+            return Err(err(
+                &id,
+                Some("text"),
+                "give either `text` or `prompt` + `response`, not both".into(),
+            ))
+        }
+        (None, Some(prompt), Some(response)) => Input::Pair { prompt, response },
+        (None, Some(_), None) => return Err(err(&id, Some("response"), "missing".into())),
+        (None, None, Some(_)) => return Err(err(&id, Some("prompt"), "missing".into())),
+        (None, None, None) => return Err(err(&id, None, "record needs `prompt` and `response`, or `text`".into())),
+    };
+    Ok(Record { line, id, input })
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_all(s: &[u8]) -> Vec<Result<Record, LineError>> {
+        read_jsonl(s).unwrap()
+    }
+
+    #[test]
+    fn good_lines_survive_bad_ones() {
+        let got = parse_all(b"{\"prompt\":\"a\",\"response\":\"b\"}\nnot json\n\n{\"id\":\"x\",\"text\":\"t\"}\n");
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[0].as_ref().unwrap().input, Input::pair("a", "b"));
+        assert_eq!(got[0].as_ref().unwrap().id, Value::from(1));
+        let bad = got[1].as_ref().unwrap_err();
+        assert_eq!(bad.line, 2);
+        assert!(bad.message.starts_with("invalid JSON"), "{bad}");
+        let text = got[2].as_ref().unwrap();
+        assert_eq!((text.line, text.id.clone()), (4, Value::from("x")));
+    }
+
+    #[test]
+    fn missing_and_mistyped_fields_are_named() {
+        let e = parse_line(3, br#"{"prompt":"a"}"#).unwrap_err();
+        assert_eq!((e.line, e.field), (3, Some("response")));
+        let e = parse_line(4, br#"{"id":7,"prompt":"a","response":5}"#).unwrap_err();
+        assert_eq!((e.field, e.id.clone()), (Some("response"), Value::from(7)));
+        assert!(e.message.contains("a number"), "{e}");
+        let e = parse_line(5, br#"{"id":[1],"text":"a"}"#).unwrap_err();
+        assert_eq!(e.field, Some("id"));
+    }
+
+    #[test]
+    fn invalid_utf8_is_a_line_error() {
+        let got = parse_all(b"{\"text\":\"\xff\xfe\"}\n{\"text\":\"ok\"}\n");
+        assert!(got[0].as_ref().unwrap_err().message.contains("UTF-8"));
+        assert_eq!(got[1].as_ref().unwrap().input, Input::text("ok"));
+    }
+
+    #[test]
+    fn crlf_line_endings_are_accepted() {
+        let got = parse_all(b"{\"text\":\"a\"}\r\n{\"text\":\"b\"}\r\n");
+        assert!(got.iter().all(Result::is_ok));
+    }
+}

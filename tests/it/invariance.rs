@@ -1,0 +1,119 @@
+//! A reward must not change with batch size, batch composition, order or padding side. Every check goes
+//! through [`assert_invariant`].
+
+use rewardrt::{Input, PaddingSide, ScorerOptions};
+
+use crate::{bundled, fixture, load};
+
+/// Stated tolerance: different batch shapes change float summation order, nothing more.
+const TOLERANCE: f32 = 1e-5;
+
+/// Scores `inputs` one at a time (right padding, batch size 1) as the baseline, then under each batch size,
+/// each padding side and a reversed order, and asserts every reward equals the baseline.
+fn assert_invariant(dir: &std::path::Path, inputs: &[Input]) {
+    let single = load(dir, ScorerOptions::default().with_batch_size(1));
+    let baseline: Vec<Vec<f32>> = inputs.iter().map(|i| single.score_one(i).unwrap()).collect();
+    for side in [PaddingSide::Right, PaddingSide::Left] {
+        for batch_size in [2, 3, inputs.len()] {
+            let scorer = load(
+                dir,
+                ScorerOptions::default()
+                    .with_batch_size(batch_size)
+                    .with_padding_side(side),
+            );
+            let got: Vec<Vec<f32>> = scorer.score(inputs).unwrap().into_iter().map(Result::unwrap).collect();
+            compare(&baseline, &got, &format!("{side:?} padding, batch size {batch_size}"));
+
+            let reversed: Vec<Input> = inputs.iter().rev().cloned().collect();
+            let mut got: Vec<Vec<f32>> = scorer
+                .score(&reversed)
+                .unwrap()
+                .into_iter()
+                .map(Result::unwrap)
+                .collect();
+            got.reverse();
+            compare(
+                &baseline,
+                &got,
+                &format!("{side:?} padding, batch size {batch_size}, reversed"),
+            );
+        }
+    }
+}
+
+fn compare(expected: &[Vec<f32>], got: &[Vec<f32>], what: &str) {
+    assert_eq!(expected.len(), got.len());
+    for (i, (e, g)) in expected.iter().zip(got).enumerate() {
+        for (a, b) in e.iter().zip(g) {
+            assert!((a - b).abs() <= TOLERANCE, "{what}: record {i} scored {b}, alone {a}");
+        }
+    }
+}
+
+fn mixed_lengths() -> Vec<Input> {
+    vec![
+        Input::pair("What is 3+4?", "7"),
+        Input::pair("What is 93-57?", "36"),
+        Input::pair("What is 10+10?", "1234567"),
+        Input::text("<|user|>What is 1+1?<|assistant|>2<|end|>"),
+        Input::pair("What is 99+99? Please answer carefully and show no work at all", "198"),
+        Input::pair("What is 5-9?", "-4"),
+        Input::pair("What is 0+0?", "0"),
+    ]
+}
+
+#[test]
+fn bundled_model_is_batch_order_and_padding_invariant() {
+    assert_invariant(&bundled(), &mixed_lengths());
+}
+
+#[test]
+fn multi_label_model_is_batch_order_and_padding_invariant() {
+    let inputs = vec![
+        Input::pair("Hello", "Hi there."),
+        Input::text("a"),
+        Input::pair(
+            "Write a sentence about rewards and models and tokens",
+            "Reward models score pairs.",
+        ),
+        Input::pair("Say something", "quick brown fox"),
+    ];
+    assert_invariant(&fixture("tiny-llama-k3"), &inputs);
+}
+
+/// Which records share a batch must not matter: the same record next to short or long neighbours.
+#[test]
+fn batch_composition_does_not_change_a_reward() {
+    let scorer = load(&bundled(), ScorerOptions::default().with_batch_size(8));
+    let probe = Input::pair("What is 42+17?", "59");
+    let alone = scorer.score_one(&probe).unwrap()[0];
+    let short = Input::pair("What is 1+1?", "2");
+    let long = Input::pair("What is 12+34? Answer with the number only, nothing else please", "46");
+    for neighbour in [short, long] {
+        let batch = [neighbour.clone(), probe.clone(), neighbour.clone()];
+        let got = scorer.score(&batch).unwrap()[1].as_ref().unwrap()[0];
+        assert!(
+            (got - alone).abs() <= TOLERANCE,
+            "next to {neighbour:?}: {got} vs alone {alone}"
+        );
+    }
+}
+
+/// The bundled model was trained to prefer correct arithmetic: held-out problems rank correct above wrong.
+#[test]
+fn bundled_model_prefers_correct_answers() {
+    let scorer = load(&bundled(), ScorerOptions::default());
+    let cases = [
+        ("What is 23+45?", "68", "78"),
+        ("What is 7+8?", "15", "16"),
+        ("What is 9-3?", "6", "5"),
+        ("What is 4+4?", "8", "9"),
+    ];
+    let mut right = 0;
+    for (prompt, good, bad) in cases {
+        let g = scorer.score_one(&Input::pair(prompt, good)).unwrap()[0];
+        let b = scorer.score_one(&Input::pair(prompt, bad)).unwrap()[0];
+        right += usize::from(g > b);
+    }
+    assert!(right >= 3, "only {right} of {} pairs ranked correctly", cases.len());
+}
