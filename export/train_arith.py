@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Train the bundled reward model `arith-rm` and export it with export.py.
 
-The task is synthetic and checkable: the prompt asks for a two-digit sum or difference, a response is a number,
-and the preferred response is the correct one. A tiny Llama-architecture ``LlamaForSequenceClassification`` is
-trained from scratch with the Bradley-Terry pairwise loss ``-log sigmoid(r(chosen) - r(rejected))``. About 10% of
-the problems (chosen by a hash of the problem, never seen in training) are held out; the pairwise accuracy on
-them is written to ``training.json`` next to the exported model.
+The task is synthetic and checkable: the prompt asks for ``a+b``, ``a-b`` or ``a*b`` with operands 0..12, a
+response is a number, and the preferred response is the correct one (the wrong one is off by a small or a
+tens-sized amount). A tiny Llama-architecture ``LlamaForSequenceClassification`` (hidden 64, 3 layers) is trained
+from scratch with the Bradley-Terry pairwise loss ``-log sigmoid(r(chosen) - r(rejected))``. About 10% of the
+problems (chosen by a hash of the problem) are held out and never seen in training; the pairwise accuracy on
+fresh pairs of those problems is written to ``training.json`` next to the exported model. Getting a held-out
+problem right takes more than memorising: the model has to carry over structure such as ``a*b = b*a``.
 
 Chat-like format (the manifest's template): ``<|user|>{prompt}<|assistant|>{response}<|end|>``; the tokenizer
 adds ``<s>`` in front, and ``<|end|>`` is the end-of-turn (eos) token the model is trained to score.
@@ -21,6 +23,7 @@ import argparse
 import json
 import math
 import random
+import re
 import sys
 import tempfile
 import time
@@ -40,18 +43,21 @@ def is_held_out(a: int, op: str, b: int) -> bool:
     return zlib.crc32(f"{a}{op}{b}".encode()) % 10 == 0
 
 
-MAX_OPERAND = 99
+MAX_OPERAND = 12
+OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+
+
+def operator_of(prompt: str) -> str:
+    return re.fullmatch(r"What is (\d+)([-+*])(\d+)\?", prompt).group(2)
 
 
 def make_pair(rng: random.Random, held_out: bool):
     """One (prompt, correct, wrong) triple from the requested side of the split."""
     while True:
-        # Half the problems single-digit: they bootstrap the comparison the two-digit ones need.
-        top = rng.choice([9, MAX_OPERAND])
-        a, b, op = rng.randint(0, top), rng.randint(0, top), rng.choice("+-")
+        a, b, op = rng.randint(0, MAX_OPERAND), rng.randint(0, MAX_OPERAND), rng.choice("+-*")
         if is_held_out(a, op, b) == held_out:
             break
-    correct = a + b if op == "+" else a - b
+    correct = OPS[op](a, b)
     delta = rng.choice([1, -1, 2, -2, 10, -10, 9, -9, 11, -11, rng.randint(-50, 50) or 3])
     return f"What is {a}{op}{b}?", str(correct), str(correct + delta)
 
@@ -60,16 +66,18 @@ def make_tokenizer(rng: random.Random):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    # Digit runs stay whole and every number the task uses becomes one token, as in tokenizers that keep
+    # numbers of up to three digits together (Llama 3's, for one).
     tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+        [pre_tokenizers.Digits(individual_digits=False), pre_tokenizers.ByteLevel(add_prefix_space=False)]
     )
     tok.decoder = decoders.ByteLevel()
-    corpus = []
+    corpus = [str(n) for n in range(MAX_OPERAND * MAX_OPERAND + 60)] * 5
     for _ in range(2000):
         prompt, good, bad = make_pair(rng, held_out=False)
         corpus += [prompt, good, bad]
     trainer = trainers.BpeTrainer(
-        vocab_size=320,
+        vocab_size=1000,
         special_tokens=SPECIALS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
@@ -78,6 +86,8 @@ def make_tokenizer(rng: random.Random):
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", BOS)])
     for i, s in enumerate(SPECIALS):
         assert tok.token_to_id(s) == i, s
+    split = [n for n in range(MAX_OPERAND * MAX_OPERAND + 1) if len(tok.encode(str(n), add_special_tokens=False).ids) != 1]
+    assert not split, f"numbers not single tokens: {split}"
     return tok
 
 
@@ -116,7 +126,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="model directory to write (exported)")
     parser.add_argument("--hf-out", type=Path, help="also keep the trained Hugging Face model here")
-    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=128, help="pairs per step")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
@@ -151,7 +161,7 @@ def main(argv=None) -> int:
         architectures=["LlamaForSequenceClassification"],
     )
     model = LlamaForSequenceClassification(config)
-    model.config._attn_implementation = "eager"
+    model.config._attn_implementation = "sdpa"  # same math as eager, faster to train; the export uses eager
     optim = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     warmup = 100
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -161,14 +171,20 @@ def main(argv=None) -> int:
     eval_rng = random.Random(args.seed + 1)
     held_out = [make_pair(eval_rng, held_out=True) for _ in range(2000)]
 
-    def accuracy(pairs) -> float:
+    def accuracy(pairs) -> tuple[float, dict]:
+        """Pairwise accuracy overall and per operator (a tie counts as wrong)."""
         model.eval()
         with torch.no_grad():
             prompts = [p for p, _, _ in pairs]
             good = rewards(model, tok, prompts, [g for _, g, _ in pairs])
             bad = rewards(model, tok, prompts, [b for _, _, b in pairs])
         model.train()
-        return float((good > bad).float().mean())
+        right = (good > bad).tolist()
+        per_op = {}
+        for op in OPS:
+            hits = [r for (p, _, _), r in zip(pairs, right) if operator_of(p) == op]
+            per_op[op] = {"pairs": len(hits), "accuracy": round(sum(hits) / max(len(hits), 1), 4)}
+        return sum(right) / len(right), per_op
 
     start = time.time()
     model.train()
@@ -185,8 +201,8 @@ def main(argv=None) -> int:
         if step % 100 == 0 or step == args.steps - 1:
             print(f"step {step:5d} loss {loss.item():.4f} ({time.time() - start:.0f}s)", flush=True)
     train_seconds = time.time() - start
-    held_out_accuracy = accuracy(held_out)
-    print(f"held-out pairwise accuracy: {held_out_accuracy:.4f} on {len(held_out)} pairs")
+    held_out_accuracy, per_op = accuracy(held_out)
+    print(f"held-out pairwise accuracy: {held_out_accuracy:.4f} on {len(held_out)} pairs; per operator {per_op}")
 
     model.eval()
     ref_rng = random.Random(args.seed + 2)
@@ -211,6 +227,8 @@ def main(argv=None) -> int:
         "final_loss": round(loss.item(), 4),
         "held_out_pairs": len(held_out),
         "held_out_pairwise_accuracy": round(held_out_accuracy, 4),
+        "held_out_by_operator": per_op,
+        "max_operand": MAX_OPERAND,
         "parameters": sum(p.numel() for p in model.parameters()),
         "torch": torch.__version__,
     }

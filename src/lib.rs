@@ -10,13 +10,13 @@
 //! tied together by [`Scorer`]. [`manifest`] is the model-directory contract, [`runtime`] finds the ONNX
 //! Runtime library, [`ep`] picks execution providers and reports which one really runs.
 //!
-//! ```no_run
+//! ```
 //! use rewardrt::{Input, Scorer, ScorerOptions};
 //!
 //! # fn main() -> rewardrt::Result<()> {
 //! let scorer = Scorer::load("models/arith-rm", ScorerOptions::default())?;
-//! let good = scorer.score_one(&Input::pair("What is 12+30?", "42"))?;
-//! let bad = scorer.score_one(&Input::pair("What is 12+30?", "52"))?;
+//! let good = scorer.score_one(&Input::pair("What is 9+12?", "21"))?;
+//! let bad = scorer.score_one(&Input::pair("What is 9+12?", "10"))?;
 //! assert!(good[0] > bad[0]);
 //! eprintln!("{}", scorer.ep_report().summary());
 //! # Ok(())

@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use rewardrt::{
     bench::{self, BenchCase},
-    ep, record, verify, ExecutionProvider, Input, LastTokenRule, PaddingSide, Scorer, ScorerOptions,
+    ep, record, runtime, verify, ExecutionProvider, Input, LastTokenRule, PaddingSide, Scorer, ScorerOptions,
 };
 use serde_json::{json, Value};
 
@@ -181,6 +181,9 @@ fn open_output(path: &Path) -> Result<Box<dyn Write>> {
     Ok(Box::new(BufWriter::new(file)))
 }
 
+/// Records read, scored and written at a time by `score`.
+const CHUNK: usize = 1024;
+
 fn score(args: ScoreArgs) -> Result<ExitCode> {
     let scorer = args.model.load()?;
     let source = if args.input == Path::new("-") {
@@ -188,17 +191,29 @@ fn score(args: ScoreArgs) -> Result<ExitCode> {
     } else {
         args.input.display().to_string()
     };
-    let lines = record::read_jsonl(open_input(&args.input)?).with_context(|| format!("cannot read {source}"))?;
+    let mut lines = record::records(open_input(&args.input)?);
     let mut out = open_output(&args.output)?;
     let multi = scorer.num_labels() > 1;
-    let mut failed = 0usize;
+    let (mut total, mut failed) = (0usize, 0usize);
 
-    // Score in chunks so output streams and memory stays bounded on large files.
-    for chunk in lines.chunks(1024) {
-        let good: Vec<&record::Record> = chunk.iter().filter_map(|l| l.as_ref().ok()).collect();
-        let inputs: Vec<Input> = good.iter().map(|r| r.input.clone()).collect();
+    // Stream in chunks: output appears as it is scored and memory stays bounded on large files.
+    loop {
+        let chunk = lines
+            .by_ref()
+            .take(CHUNK)
+            .collect::<io::Result<Vec<_>>>()
+            .with_context(|| format!("cannot read {source}"))?;
+        if chunk.is_empty() {
+            break;
+        }
+        total += chunk.len();
+        let inputs: Vec<Input> = chunk
+            .iter()
+            .filter_map(|l| l.as_ref().ok())
+            .map(|r| r.input.clone())
+            .collect();
         let mut scored = scorer.score(&inputs)?.into_iter();
-        for line in chunk {
+        for line in &chunk {
             let value = match line {
                 Err(e) => {
                     failed += 1;
@@ -225,13 +240,11 @@ fn score(args: ScoreArgs) -> Result<ExitCode> {
             serde_json::to_writer(&mut out, &value)?;
             out.write_all(b"\n")?;
         }
+        out.flush()?;
     }
     out.flush()?;
     if failed > 0 {
-        eprintln!(
-            "rewardrt: {failed} of {} records failed; the others were scored",
-            lines.len()
-        );
+        eprintln!("rewardrt: {failed} of {} records failed; the others were scored", total);
         return Ok(ExitCode::from(2));
     }
     Ok(ExitCode::SUCCESS)
@@ -274,8 +287,7 @@ fn info(args: InfoArgs) -> Result<()> {
             "version": rt.version,
             "library": rt.library,
             "source": rt.source.to_string(),
-            "resolution_order": ["--ort-library / REWARDRT_ORT_LIBRARY", "ORT_DYLIB_PATH", "next to the executable",
-                                 "fetched by the build", "system loader"],
+            "resolution_order": runtime::RESOLUTION_ORDER,
         },
         "execution_providers": {
             "compiled_in": ep::compiled_in(),

@@ -62,28 +62,51 @@ impl std::fmt::Display for LineError {
     }
 }
 
-/// Reads JSONL records; blank lines are skipped. The outer error is an I/O failure of the reader itself.
+/// Streams JSONL records from `reader`, one item per non-blank line, so memory stays bounded on large inputs.
+/// An `Err` item is an I/O failure of the reader itself; a bad line is an `Ok(Err(LineError))` item.
+pub fn records<R: BufRead>(reader: R) -> Records<R> {
+    Records {
+        reader,
+        buf: Vec::new(),
+        line: 0,
+    }
+}
+
+/// Iterator returned by [`records`].
+#[derive(Debug)]
+pub struct Records<R> {
+    reader: R,
+    buf: Vec<u8>,
+    line: usize,
+}
+
+impl<R: BufRead> Iterator for Records<R> {
+    type Item = std::io::Result<Result<Record, LineError>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            self.buf.clear();
+            match self.reader.read_until(b'\n', &mut self.buf) {
+                Ok(0) => return None,
+                Ok(_) => {}
+                Err(e) => return Some(Err(e)),
+            }
+            self.line += 1;
+            let bytes = self.buf.strip_suffix(b"\n").unwrap_or(&self.buf);
+            let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+            if !bytes.iter().all(u8::is_ascii_whitespace) {
+                return Some(Ok(parse_line(self.line, bytes)));
+            }
+        }
+    }
+}
+
+/// Reads all JSONL records; see [`records`].
 ///
 /// # Errors
 /// Only when reading from `reader` fails; bad lines are returned as `Err` entries.
-pub fn read_jsonl(mut reader: impl BufRead) -> std::io::Result<Vec<Result<Record, LineError>>> {
-    let mut out = Vec::new();
-    let mut buf = Vec::new();
-    let mut line = 0;
-    loop {
-        buf.clear();
-        if reader.read_until(b'\n', &mut buf)? == 0 {
-            break;
-        }
-        line += 1;
-        let bytes = buf.strip_suffix(b"\n").unwrap_or(&buf);
-        let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        out.push(parse_line(line, bytes));
-    }
-    Ok(out)
+pub fn read_jsonl(reader: impl BufRead) -> std::io::Result<Vec<Result<Record, LineError>>> {
+    records(reader).collect()
 }
 
 /// Parses one line (without its newline).

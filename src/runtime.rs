@@ -59,6 +59,15 @@ pub struct Runtime {
     pub version: String,
 }
 
+/// The library resolution order, as shown to users (`--ort-library` is the CLI's explicit option).
+pub const RESOLUTION_ORDER: &[&str] = &[
+    "--ort-library / REWARDRT_ORT_LIBRARY",
+    "ORT_DYLIB_PATH",
+    "next to the executable",
+    "fetched by the build",
+    "system loader",
+];
+
 /// The ONNX Runtime version the build fetches; the minimum `ort` accepts is 1.31.
 pub const BUNDLED_ORT_VERSION: &str = env!("REWARDRT_ORT_WHEEL_VERSION");
 

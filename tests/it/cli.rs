@@ -173,24 +173,18 @@ fn verify_passes_on_the_bundled_model() {
 
 #[test]
 fn verify_fails_on_tampered_reference() {
-    let tmp = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(bundled()).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), tmp.path().join(entry.file_name())).unwrap();
-    }
+    let tmp = crate::copy_model();
     let path = tmp.path().join("reference.jsonl");
-    let text = std::fs::read_to_string(&path).unwrap();
-    let mut rows: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let mut rows: Vec<Value> = std::fs::read_to_string(&path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let r = rows[0]["rewards"][0].as_f64().unwrap();
     rows[0]["rewards"][0] = Value::from(r + 0.01);
     let body: String = rows.iter().map(|r| format!("{r}\n")).collect();
-    std::fs::write(&path, &body).unwrap();
     // Keep the manifest checksum consistent so the numeric check is what fails.
-    let manifest_path = tmp.path().join("rewardrt.json");
-    let mut manifest: Value = serde_json::from_str(&std::fs::read_to_string(&manifest_path).unwrap()).unwrap();
-    use sha2::Digest;
-    manifest["files"]["reference.jsonl"] = Value::from(format!("{:x}", sha2::Sha256::digest(body.as_bytes())));
-    std::fs::write(&manifest_path, manifest.to_string()).unwrap();
+    crate::replace_file(tmp.path(), "reference.jsonl", body.as_bytes());
     let out = rewardrt(
         &["verify", "--model", &tmp.path().display().to_string(), "--ep", "cpu"],
         b"",

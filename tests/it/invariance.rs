@@ -99,21 +99,36 @@ fn batch_composition_does_not_change_a_reward() {
     }
 }
 
-/// The bundled model was trained to prefer correct arithmetic: held-out problems rank correct above wrong.
+/// The bundled model was trained to prefer correct arithmetic. `examples/arith.jsonl` holds held-out problems
+/// (never seen in training), each with a `-correct` and a `-wrong` response. The model's held-out pairwise
+/// accuracy is 94.1% (models/arith-rm/training.json), so at least 9 of these 10 pairs must rank correctly
+/// (it misranks one multiplication, `p06`, whose operator it gets right 87.6% of the time).
 #[test]
-fn bundled_model_prefers_correct_answers() {
+fn bundled_model_ranks_correct_examples_first() {
     let scorer = load(&bundled(), ScorerOptions::default());
-    let cases = [
-        ("What is 23+45?", "68", "78"),
-        ("What is 7+8?", "15", "16"),
-        ("What is 9-3?", "6", "5"),
-        ("What is 4+4?", "8", "9"),
-    ];
-    let mut right = 0;
-    for (prompt, good, bad) in cases {
-        let g = scorer.score_one(&Input::pair(prompt, good)).unwrap()[0];
-        let b = scorer.score_one(&Input::pair(prompt, bad)).unwrap()[0];
-        right += usize::from(g > b);
-    }
-    assert!(right >= 3, "only {right} of {} pairs ranked correctly", cases.len());
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/arith.jsonl");
+    let records: Vec<rewardrt::Record> =
+        rewardrt::record::read_jsonl(std::fs::File::open(path).map(std::io::BufReader::new).unwrap())
+            .unwrap()
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+    let inputs: Vec<Input> = records.iter().map(|r| r.input.clone()).collect();
+    let rewards: Vec<f32> = scorer
+        .score(&inputs)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.unwrap()[0])
+        .collect();
+    let reward_of = |id: &str| rewards[records.iter().position(|r| r.id == id).unwrap()];
+    let pairs: Vec<String> = records
+        .iter()
+        .filter_map(|r| r.id.as_str()?.strip_suffix("-correct").map(str::to_owned))
+        .collect();
+    assert_eq!(pairs.len(), 10);
+    let misranked: Vec<&String> = pairs
+        .iter()
+        .filter(|p| reward_of(&format!("{p}-correct")) <= reward_of(&format!("{p}-wrong")))
+        .collect();
+    assert!(misranked.len() <= 1, "correct answer not preferred for {misranked:?}");
 }

@@ -8,9 +8,14 @@ mod invariance;
 mod model_dir;
 mod parity;
 
-use std::path::{Path, PathBuf};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
 
 use rewardrt::{Scorer, ScorerOptions};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 /// The bundled default model.
 pub fn bundled() -> PathBuf {
@@ -38,4 +43,28 @@ pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
         source = inner.source();
     }
     s
+}
+
+/// A writable copy of the bundled model.
+pub fn copy_model() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    for entry in fs::read_dir(bundled()).unwrap() {
+        let entry = entry.unwrap();
+        fs::copy(entry.path(), tmp.path().join(entry.file_name())).unwrap();
+    }
+    tmp
+}
+
+pub fn edit_manifest(dir: &Path, edit: impl FnOnce(&mut Value)) {
+    let path = dir.join("rewardrt.json");
+    let mut v: Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut v);
+    fs::write(&path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+}
+
+/// Rewrites a file and updates its checksum, so the check under test is the one that fires.
+pub fn replace_file(dir: &Path, name: &str, bytes: &[u8]) {
+    fs::write(dir.join(name), bytes).unwrap();
+    let digest = format!("{:x}", Sha256::digest(bytes));
+    edit_manifest(dir, |v| v["files"][name] = Value::from(digest));
 }

@@ -4,33 +4,8 @@ use std::{fs, path::Path};
 
 use rewardrt::{Scorer, ScorerOptions};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
-use crate::{bundled, chain};
-
-/// A writable copy of the bundled model.
-fn copy_model() -> tempfile::TempDir {
-    let tmp = tempfile::tempdir().unwrap();
-    for entry in fs::read_dir(bundled()).unwrap() {
-        let entry = entry.unwrap();
-        fs::copy(entry.path(), tmp.path().join(entry.file_name())).unwrap();
-    }
-    tmp
-}
-
-fn edit_manifest(dir: &Path, edit: impl FnOnce(&mut Value)) {
-    let path = dir.join("rewardrt.json");
-    let mut v: Value = serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
-    edit(&mut v);
-    fs::write(&path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
-}
-
-/// Rewrites a file and updates its checksum, so the check under test is the one that fires.
-fn replace_file(dir: &Path, name: &str, bytes: &[u8]) {
-    fs::write(dir.join(name), bytes).unwrap();
-    let digest = format!("{:x}", Sha256::digest(bytes));
-    edit_manifest(dir, |v| v["files"][name] = Value::from(digest));
-}
+use crate::{chain, copy_model, edit_manifest, replace_file};
 
 fn load_error(dir: &Path) -> String {
     let err = Scorer::load(dir, ScorerOptions::default().with_ep(rewardrt::ExecutionProvider::Cpu))
