@@ -325,10 +325,10 @@ def export_model(
         shutil.copy(tokenizer_path, tmp / "tokenizer.json")
         # Carried along when the source has them: the chat template lives in one of these.
         carried = {}
-        for key, name in (("config_file", "tokenizer_config.json"), ("chat_template_file", "chat_template.jinja")):
-            if (model_dir / name).is_file():
-                shutil.copy(model_dir / name, tmp / name)
-                carried[key] = name
+        for key, file in (("config_file", "tokenizer_config.json"), ("chat_template_file", "chat_template.jinja")):
+            if (model_dir / file).is_file():
+                shutil.copy(model_dir / file, tmp / file)
+                carried[key] = file
 
         # 3. Parity gate: PyTorch (each record alone) vs ORT (one padded batch, both sides).
         seqs = [t.ids for t in tokenized]

@@ -44,6 +44,7 @@ def test_writes_the_model_directory_contract(exported):
     on_disk = json.loads((out / "rewardrt.json").read_text())
     assert on_disk == manifest
     assert manifest["format_version"] == 1
+    assert manifest["name"] == "tiny-llama"
     assert manifest["backbone"]["hidden_size"] == 32
     assert manifest["head"]["shape"] == [1, 32]
     assert manifest["backbone"]["inputs"]["position_ids"] == "position_ids"
