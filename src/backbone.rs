@@ -9,6 +9,7 @@
 //! type is `Send + Sync` and concurrent callers use different sessions when the pool has more than one.
 
 use std::{
+    path::PathBuf,
     sync::{
         atomic::{AtomicUsize, Ordering},
         Mutex, MutexGuard,
@@ -51,6 +52,7 @@ pub(crate) struct SessionConfig {
 /// The loaded backbone graph.
 #[derive(Debug)]
 pub struct Backbone {
+    path: PathBuf,
     sessions: Vec<Mutex<Session>>,
     next: AtomicUsize,
     input_ids: String,
@@ -160,6 +162,7 @@ impl Backbone {
             ));
         }
         Ok(Backbone {
+            path,
             sessions: sessions.into_iter().map(Mutex::new).collect(),
             next: AtomicUsize::new(0),
             input_ids: declared.input_ids.clone(),
@@ -238,24 +241,23 @@ impl Backbone {
         let started = Instant::now();
         let hidden = outputs
             .get(&self.output)
-            .ok_or_else(|| Error::OrtLibrary {
-                message: format!("backbone returned no `{}` output", self.output),
-            })?
+            .ok_or_else(|| Error::model(&self.path, format!("the run returned no `{}` output", self.output)))?
             .try_extract_array::<f32>()
             .map_err(Error::ort("reading the hidden states"))?;
-        let hidden = hidden.into_dimensionality::<Ix3>().map_err(|e| Error::OrtLibrary {
-            message: format!("hidden states are not [batch, seq, hidden]: {e}"),
-        })?;
+        let hidden = hidden
+            .into_dimensionality::<Ix3>()
+            .map_err(|e| Error::model(&self.path, format!("hidden states are not [batch, seq, hidden]: {e}")))?;
         let (rows, width, dim) = hidden.dim();
         if rows != batch.rows() || width != batch.width() || dim != self.hidden_size {
-            return Err(Error::OrtLibrary {
-                message: format!(
-                    "backbone output shape [{rows}, {width}, {dim}] does not match the batch [{}, {}] and hidden size {}",
+            return Err(Error::model(
+                &self.path,
+                format!(
+                    "output shape [{rows}, {width}, {dim}] does not match the batch [{}, {}] and hidden size {}",
                     batch.rows(),
                     batch.width(),
                     self.hidden_size
                 ),
-            });
+            ));
         }
         let ids = batch.input_ids.view();
         let mask = batch.attention_mask.view();

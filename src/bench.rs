@@ -42,7 +42,8 @@ impl BenchRow {
     }
 }
 
-/// Text that the scorer tokenizes to about `length` tokens: `base` repeated and cut by characters.
+/// Text that the scorer tokenizes to at most `length` tokens (and as close to it as a character cut allows):
+/// `base` doubled until long enough, then the longest fitting prefix, found by bisection.
 pub fn text_of_length(scorer: &Scorer, base: &str, length: usize) -> String {
     let count = |t: &str| {
         scorer
@@ -53,14 +54,20 @@ pub fn text_of_length(scorer: &Scorer, base: &str, length: usize) -> String {
     };
     let mut text = base.to_owned();
     while count(&text) < length && text.len() < 1 << 20 {
-        text.push(' ');
-        text.push_str(base);
+        text = format!("{text} {text}");
     }
-    // Cut characters until the token count fits.
-    while text.chars().count() > 1 && count(&text) > length {
-        text.pop();
+    let chars: Vec<char> = text.chars().collect();
+    let prefix = |n: usize| chars[..n].iter().collect::<String>();
+    let (mut lo, mut hi) = (1, chars.len());
+    while lo < hi {
+        let mid = (lo + hi).div_ceil(2);
+        if count(&prefix(mid)) <= length {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
     }
-    text
+    prefix(lo)
 }
 
 /// Runs each case `repeats` times after one warm-up and keeps the fastest repetition.

@@ -271,7 +271,7 @@ fn info(args: InfoArgs) -> Result<()> {
             "labels": scorer.labels(),
             "max_length": scorer.max_length(),
             "padding_side": scorer.padding_side(),
-            "last_token": m.last_token,
+            "last_token": scorer.last_token(),
             "template": m.format.template,
             "pad_id": m.tokenizer.pad_id,
             "bos_id": m.tokenizer.bos_id,
@@ -314,7 +314,7 @@ fn info(args: InfoArgs) -> Result<()> {
     )?;
     writeln!(out, "max length     {}", scorer.max_length())?;
     writeln!(out, "padding side   {:?}", scorer.padding_side())?;
-    writeln!(out, "last token     {:?}", m.last_token)?;
+    writeln!(out, "last token     {:?}", scorer.last_token())?;
     writeln!(out, "template       {:?}", m.format.template)?;
     writeln!(
         out,

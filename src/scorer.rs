@@ -317,6 +317,11 @@ impl Scorer {
         self.padding_side
     }
 
+    /// The last-token rule in force.
+    pub fn last_token(&self) -> LastTokenRule {
+        self.last_token
+    }
+
     /// The token limit in force.
     pub fn max_length(&self) -> usize {
         self.encoder.max_length()
