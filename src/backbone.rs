@@ -279,37 +279,43 @@ impl Backbone {
     }
 }
 
+/// Creates one session, trying each candidate provider on a fresh builder. A named provider that cannot
+/// register or cannot create the session is an error; under `Auto` the attempt is recorded and the next tried.
 fn open_session(rt: &Runtime, path: &std::path::Path, config: &SessionConfig) -> Result<(Session, EpReport)> {
-    let build = |ep: ExecutionProvider| -> Result<(Session, EpReport)> {
+    let build = |ep: ExecutionProvider| -> Result<Session> {
         let mut builder = Session::builder(&rt.env).map_err(Error::ort("creating a session builder"))?;
         if let Some(n) = config.intra_threads {
             builder = builder
                 .with_intra_threads(n)
                 .map_err(|e| strip("setting the thread count", e))?;
         }
-        let report = ep::register(&mut builder, ep)?;
-        let session = builder.commit_from_file(path).map_err(|source| {
-            if report.effective != "CPU" {
-                Error::ExecutionProvider {
-                    ep: report.effective,
-                    reason: format!("session creation failed for {}: {source}", path.display()),
-                }
-            } else {
-                Error::model(path, format!("onnx runtime cannot load the graph: {source}"))
-            }
-        })?;
-        Ok((session, report))
+        ep::register(&mut builder, ep).map_err(|reason| Error::ExecutionProvider { ep: ep.name(), reason })?;
+        builder.commit_from_file(path).map_err(|source| match ep {
+            ExecutionProvider::Cpu => Error::model(path, format!("onnx runtime cannot load the graph: {source}")),
+            _ => Error::ExecutionProvider {
+                ep: ep.name(),
+                reason: format!("session creation failed for {}: {source}", path.display()),
+            },
+        })
     };
-    match build(config.ep) {
-        // An accelerator that registered but cannot create the session: in auto mode, say so and use CPU.
-        Err(Error::ExecutionProvider { ep, reason }) if config.ep == ExecutionProvider::Auto => {
-            let (session, mut report) = build(ExecutionProvider::Cpu)?;
-            report.requested = ExecutionProvider::Auto;
-            report.fallbacks.push((ep, reason));
-            Ok((session, report))
+    let mut fallbacks = Vec::new();
+    for ep in ep::candidates(config.ep) {
+        match build(ep) {
+            Ok(session) => {
+                let report = EpReport {
+                    requested: config.ep,
+                    effective: ep.name(),
+                    fallbacks,
+                };
+                return Ok((session, report));
+            }
+            Err(Error::ExecutionProvider { ep, reason }) if config.ep == ExecutionProvider::Auto => {
+                fallbacks.push((ep, reason));
+            }
+            Err(e) => return Err(e),
         }
-        other => other,
     }
+    unreachable!("the last candidate is CPU, which succeeds or fails with a non-provider error")
 }
 
 fn strip<R>(context: &str, e: ort::Error<R>) -> Error {

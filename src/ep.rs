@@ -1,14 +1,13 @@
 //! Execution providers: what the user asked for, what was registered, and an honest report of the difference.
 //!
 //! A named provider is strict: if it cannot be registered on the session (not compiled into this rewardrt, not
-//! in the loaded ONNX Runtime build, or its driver libraries missing), that is an [`Error::ExecutionProvider`]
-//! naming it and the reason. `Auto` tries TensorRT → CUDA → DirectML in turn and ends on CPU; the
+//! in the loaded ONNX Runtime build, or its driver libraries missing) or the session cannot be created with it,
+//! that is an [`crate::Error::ExecutionProvider`] naming it and the reason. `Auto` tries TensorRT → CUDA →
+//! DirectML → CPU, each on a fresh session builder (a half-registered provider never lingers), and the
 //! [`EpReport`] records every attempt so callers can say which provider really runs. rewardrt never claims a
 //! provider whose registration did not succeed.
 
 use ort::session::builder::SessionBuilder;
-
-use crate::{Error, Result};
 
 /// The execution provider to run the backbone on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -168,40 +167,21 @@ mod in_library {
     }
 }
 
-/// Registers the requested provider(s) on `builder`, strictly for a named one.
-pub(crate) fn register(builder: &mut SessionBuilder, requested: ExecutionProvider) -> Result<EpReport> {
-    let order: Vec<ExecutionProvider> = match requested {
+/// The providers to try, in order, for a request: `Auto` tries each accelerator and ends on CPU.
+pub(crate) fn candidates(requested: ExecutionProvider) -> Vec<ExecutionProvider> {
+    match requested {
         ExecutionProvider::Auto => vec![
             ExecutionProvider::TensorRt { device: 0 },
             ExecutionProvider::Cuda { device: 0 },
             ExecutionProvider::DirectMl { device: 0 },
+            ExecutionProvider::Cpu,
         ],
-        ExecutionProvider::Cpu => Vec::new(),
         named => vec![named],
-    };
-    let mut fallbacks = Vec::new();
-    for ep in order {
-        match register_one(builder, ep) {
-            Ok(()) => {
-                return Ok(EpReport {
-                    requested,
-                    effective: ep.name(),
-                    fallbacks,
-                })
-            }
-            Err(reason) if requested == ExecutionProvider::Auto => fallbacks.push((ep.name(), reason)),
-            Err(reason) => return Err(Error::ExecutionProvider { ep: ep.name(), reason }),
-        }
     }
-    Ok(EpReport {
-        requested,
-        effective: "CPU",
-        fallbacks,
-    })
 }
 
-/// Registers one accelerator; the error string says why it cannot run.
-fn register_one(builder: &mut SessionBuilder, ep: ExecutionProvider) -> std::result::Result<(), String> {
+/// Registers one concrete provider on `builder`; the error string says why it cannot run.
+pub(crate) fn register(builder: &mut SessionBuilder, ep: ExecutionProvider) -> std::result::Result<(), String> {
     match ep {
         ExecutionProvider::Auto | ExecutionProvider::Cpu => Ok(()),
         ExecutionProvider::Cuda { device } => accelerators::cuda(builder, device),
