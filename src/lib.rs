@@ -47,3 +47,8 @@ pub use crate::{
     scorer::{Rewards, ScoreStats, Scorer, ScorerOptions},
     select::LastTokenRule,
 };
+
+/// Compiles the README's Rust examples as doctests, so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

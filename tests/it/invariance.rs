@@ -132,3 +132,34 @@ fn bundled_model_ranks_correct_examples_first() {
         .collect();
     assert!(misranked.len() <= 1, "correct answer not preferred for {misranked:?}");
 }
+
+/// One `Scorer` shared by threads (a pool of two sessions): every thread gets exactly its own rewards, equal to
+/// scoring alone.
+#[test]
+fn shared_scorer_across_threads_gives_each_caller_its_own_rewards() {
+    let scorer = load(&bundled(), ScorerOptions::default().with_workers(2).with_batch_size(4));
+    let inputs = mixed_lengths();
+    let alone: Vec<f32> = inputs.iter().map(|i| scorer.score_one(i).unwrap()[0]).collect();
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let (scorer, inputs, alone) = (&scorer, &inputs, &alone);
+            s.spawn(move || {
+                for round in 0..5 {
+                    // Each thread scores a different rotation, so concurrent batches differ.
+                    let k = (t + round) % inputs.len();
+                    let rotated: Vec<Input> = inputs[k..].iter().chain(&inputs[..k]).cloned().collect();
+                    let got = scorer.score(&rotated).unwrap();
+                    for (j, r) in got.into_iter().enumerate() {
+                        let want = alone[(j + k) % inputs.len()];
+                        let have = r.unwrap()[0];
+                        assert!(
+                            (have - want).abs() <= TOLERANCE,
+                            "thread {t} round {round} record {j}: {have} vs {want}"
+                        );
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(scorer.backbone().pool_size(), 2);
+}
