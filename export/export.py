@@ -290,6 +290,8 @@ def export_model(
         if len(ids) > max_length:
             raise ExportError(f"record {r['id']}: {len(ids)} tokens exceed max_length {max_length}")
         tokenized.append(Tokenized(r, text, ids))
+    if len({len(t.ids) for t in tokenized}) < 2:
+        raise ExportError("parity records must have at least two different token lengths, so padding is exercised")
 
     tmp = Path(tempfile.mkdtemp(prefix="rewardrt-export-"))
     try:

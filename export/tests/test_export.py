@@ -159,6 +159,12 @@ def test_cli_exit_status(tiny_llama, tmp_path):
     assert "no config.json" in bad.stderr
 
 
+def test_parity_records_must_exercise_padding(tiny_llama, tmp_path):
+    same = [{"id": "a", "text": "abc"}, {"id": "b", "text": "abd"}]
+    with pytest.raises(export.ExportError, match="two different token lengths"):
+        export.export_model(tiny_llama, tmp_path / "out", records=same, log=quiet)
+
+
 def test_format_record_is_single_pass():
     got = export.format_record({"prompt": "say {response}", "response": "{prompt}"}, "U:{prompt} A:{response}")
     assert got == "U:say {response} A:{prompt}"
