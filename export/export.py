@@ -42,8 +42,19 @@ EXPORTER_VERSION = "0.1.0"
 DEFAULT_TOLERANCE = 1e-4
 OPSET = 18
 
-# model_type -> attribute of the *ForSequenceClassification model that holds the score head.
-SUPPORTED = {"llama": "score"}
+# model_type -> attribute of the *ForSequenceClassification model that holds the score head. Each is tested on a
+# tiny random config at both padding sides (export/tests). GPT-2 has learned absolute positions: `position_ids`
+# is a graph input, so left padding gives the same positions, and the same reward, as no padding.
+SUPPORTED = {
+    "llama": "score",
+    "mistral": "score",
+    "qwen2": "score",
+    "qwen3": "score",
+    "gemma2": "score",
+    "gpt2": "score",
+    "gpt_neox": "score",
+    "phi3": "score",
+}
 
 HIDDEN_OUTPUT = "last_hidden_state"
 INPUTS = ["input_ids", "attention_mask", "position_ids"]

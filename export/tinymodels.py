@@ -1,7 +1,8 @@
 """Tiny Hugging Face reward models built from a config, for tests and fixtures (no hub, seeded).
 
-``make_tokenizer`` trains a small BPE tokenizer with ``tokenizers``; ``make_llama_rm`` saves a randomly
-initialised ``LlamaForSequenceClassification`` with it into a local directory that ``export.py`` accepts.
+``make_tokenizer`` trains a small BPE tokenizer with ``tokenizers``; ``make_rm`` saves a randomly initialised
+``*ForSequenceClassification`` of a supported architecture with it into a local directory that ``export.py``
+accepts.
 """
 
 from __future__ import annotations
@@ -40,37 +41,60 @@ def make_tokenizer(vocab_size: int = 200):
     return tok
 
 
-def make_llama_rm(out_dir: Path, *, num_labels: int = 1, seed: int = 0, pad_token_id: int | None = 0, **overrides) -> Path:
-    """Save a random tiny Llama reward model (hidden 32, 2 layers) with its tokenizer into ``out_dir``."""
+# Tiny configs per architecture (hidden 32, 2 layers); the values are the smallest that keep each valid.
+TINY_CONFIGS = {
+    "llama": ("LlamaConfig", dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                  num_key_value_heads=2, max_position_embeddings=256)),
+    "mistral": ("MistralConfig", dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)),
+    "qwen2": ("Qwen2Config", dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                  num_key_value_heads=2, max_position_embeddings=256)),
+    "qwen3": ("Qwen3Config", dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                  num_key_value_heads=2, head_dim=8, max_position_embeddings=256)),
+    "gemma2": ("Gemma2Config", dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                    num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                                    max_position_embeddings=256)),
+    "gpt2": ("GPT2Config", dict(n_embd=32, n_layer=2, n_head=4, n_positions=256)),
+    "gpt_neox": ("GPTNeoXConfig", dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                       num_attention_heads=4, max_position_embeddings=256)),
+    "phi3": ("Phi3Config", dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                num_key_value_heads=2, max_position_embeddings=256)),
+}
+
+
+def make_rm(out_dir: Path, arch: str = "llama", *, num_labels: int = 1, seed: int = 0, pad_token_id: int | None = 0,
+            **overrides) -> Path:
+    """Save a random tiny ``*ForSequenceClassification`` of ``arch`` with its tokenizer into ``out_dir``."""
     import torch
-    from transformers import LlamaConfig, LlamaForSequenceClassification
+    import transformers
+    from transformers import AutoModelForSequenceClassification
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tok = make_tokenizer()
+    config_class, sizes = TINY_CONFIGS[arch]
     config = dict(
+        sizes,
         vocab_size=tok.get_vocab_size(),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
         num_labels=num_labels,
         pad_token_id=pad_token_id,
         bos_token_id=1,
         eos_token_id=2,
-        architectures=["LlamaForSequenceClassification"],
     )
     if num_labels > 1:
         config["id2label"] = {i: f"objective_{i}" for i in range(num_labels)}
         config["label2id"] = {v: k for k, v in config["id2label"].items()}
     config.update(overrides)
     torch.manual_seed(seed)
-    model = LlamaForSequenceClassification(LlamaConfig(**config)).eval()
+    model = AutoModelForSequenceClassification.from_config(getattr(transformers, config_class)(**config)).eval()
     # Random init leaves the head tiny (std 0.02): scale it so rewards are O(1) and differences visible.
     with torch.no_grad():
         model.score.weight.mul_(25.0)
     model.save_pretrained(out_dir)
     tok.save(str(out_dir / "tokenizer.json"))
     return out_dir
+
+
+def make_llama_rm(out_dir: Path, **kwargs) -> Path:
+    """A random tiny Llama reward model (see ``make_rm``)."""
+    return make_rm(out_dir, "llama", **kwargs)

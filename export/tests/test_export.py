@@ -137,12 +137,26 @@ def test_parity_gate_rejects_a_wrong_head(tiny_llama, tmp_path, monkeypatch):
     assert not (tmp_path / "out" / "rewardrt.json").exists(), "no manifest after a failed gate"
 
 
-def test_unsupported_architecture_is_named(tmp_path):
-    from transformers import GPT2Config, GPT2ForSequenceClassification
+@pytest.mark.parametrize("arch", [a for a in tinymodels.TINY_CONFIGS if a != "llama"])
+def test_architecture_exports_with_parity_at_both_padding_sides(arch, tmp_path):
+    """Each supported family: the gate compares left- and right-padded ONNX rewards with PyTorch's unpadded ones
+    (so for GPT-2, with learned absolute positions, left padding must equal no padding)."""
+    hf = tinymodels.make_rm(tmp_path / arch, arch, seed=6)
+    manifest = export.export_model(hf, tmp_path / "out", log=quiet)
+    assert manifest["parity"]["max_abs_diff_right_padding"] <= 1e-4
+    assert manifest["parity"]["max_abs_diff_left_padding"] <= 1e-4
+    assert manifest["backbone"]["hidden_size"] == 32
+    if os.environ.get("REWARDRT_BIN"):
+        assert_rewardrt_verify_passes(tmp_path / "out")
 
-    GPT2ForSequenceClassification(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50)).save_pretrained(tmp_path)
+
+def test_unsupported_architecture_is_named(tmp_path):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(num_hidden_layers=1, hidden_size=16, num_attention_heads=2, intermediate_size=32, vocab_size=50)
+    BertForSequenceClassification(config).save_pretrained(tmp_path)
     tinymodels.make_tokenizer().save(str(tmp_path / "tokenizer.json"))
-    with pytest.raises(export.ExportError, match=r"architecture `gpt2`.*supported: llama"):
+    with pytest.raises(export.ExportError, match=r"architecture `bert`.*supported: .*llama"):
         export.export_model(tmp_path, tmp_path / "out", log=quiet)
 
 
@@ -170,11 +184,14 @@ def test_format_record_is_single_pass():
     assert got == "U:say {response} A:{prompt}"
 
 
-@pytest.mark.skipif(not os.environ.get("REWARDRT_BIN"), reason="REWARDRT_BIN not set")
-def test_rewardrt_verify_passes_on_the_export(exported):
-    out, _ = exported
+def assert_rewardrt_verify_passes(model_dir: Path):
     result = subprocess.run(
-        [os.environ["REWARDRT_BIN"], "verify", "--model", str(out), "--ep", "cpu"], capture_output=True, text=True
+        [os.environ["REWARDRT_BIN"], "verify", "--model", str(model_dir), "--ep", "cpu"], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "PASS" in result.stdout
+
+
+@pytest.mark.skipif(not os.environ.get("REWARDRT_BIN"), reason="REWARDRT_BIN not set")
+def test_rewardrt_verify_passes_on_the_export(exported):
+    assert_rewardrt_verify_passes(exported[0])
