@@ -245,6 +245,7 @@ def export_model(
     padding_side: str = "right",
     max_length: int | None = None,
     add_special_tokens: bool = True,
+    external_data: bool | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
     name: str | None = None,
     log=print,
@@ -327,7 +328,8 @@ def export_model(
                 verbose=False,
             )
             backbone_path = tmp / "backbone.onnx"
-            program.save(str(backbone_path))
+            # None: weights go to `backbone.onnx.data` only when the model exceeds protobuf's 2 GiB limit.
+            program.save(str(backbone_path), external_data=external_data)
         external = [p.name for p in tmp.iterdir() if p.name.startswith("backbone.onnx") and p.name != "backbone.onnx"]
         onnx.checker.check_model(str(backbone_path))
 
@@ -440,6 +442,12 @@ def main(argv=None) -> int:
     parser.add_argument("--no-special-tokens", action="store_true", help="do not add the tokenizer's special tokens")
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, help="parity gate, max absolute difference")
     parser.add_argument("--name", help="model name in the manifest (default: the directory name)")
+    parser.add_argument(
+        "--external-data",
+        action="store_true",
+        default=None,
+        help="store weights in backbone.onnx.data beside the graph (automatic above 2 GiB)",
+    )
     args = parser.parse_args(argv)
     try:
         export_model(
@@ -450,6 +458,7 @@ def main(argv=None) -> int:
             padding_side=args.padding_side,
             max_length=args.max_length,
             add_special_tokens=not args.no_special_tokens,
+            external_data=args.external_data,
             tolerance=args.tolerance,
             name=args.name,
         )

@@ -173,6 +173,16 @@ def test_cli_exit_status(tiny_llama, tmp_path):
     assert "no config.json" in bad.stderr
 
 
+def test_external_data_is_kept_beside_the_graph(tiny_llama, tmp_path):
+    """What large models (> 2 GiB) get automatically, forced here on a tiny one."""
+    manifest = export.export_model(tiny_llama, tmp_path / "out", external_data=True, log=quiet)
+    data = manifest["backbone"]["external_data"]
+    assert data and (tmp_path / "out" / data).stat().st_size > 50_000, "the weights live in the data file"
+    assert data in manifest["files"]
+    if os.environ.get("REWARDRT_BIN"):
+        assert_rewardrt_verify_passes(tmp_path / "out")
+
+
 def test_parity_records_must_exercise_padding(tiny_llama, tmp_path):
     same = [{"id": "a", "text": "abc"}, {"id": "b", "text": "abd"}]
     with pytest.raises(export.ExportError, match="two different token lengths"):
