@@ -8,6 +8,8 @@ Reproduce (the files are checked in; rerun after changing the exporter or these 
 * ``tiny-llama-k3``: a three-objective head (``num_labels = 3``), manifest padding side ``left``.
 * ``tiny-llama-padeos``: pad id == eos id, with records that end in eos; the exporter keeps transformers'
   ``non_pad`` rule for it, and the reference rewards are PyTorch's.
+* ``tiny-gpt2``: learned absolute positions, where left padding would shift every position without
+  ``position_ids``.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ def main(argv=None) -> int:
             padeos, args.out / "tiny-llama-padeos", records=PADEOS_RECORDS, name="tiny-llama-padeos"
         )
         assert manifest["last_token"] == "non_pad", manifest["last_token"]
+        gpt2 = tinymodels.make_rm(Path(tmp) / "tiny-gpt2", "gpt2", seed=3)
+        export.export_model(gpt2, args.out / "tiny-gpt2", name="tiny-gpt2")
     return 0
 
 

@@ -163,3 +163,14 @@ fn shared_scorer_across_threads_gives_each_caller_its_own_rewards() {
     });
     assert_eq!(scorer.backbone().pool_size(), 2);
 }
+
+#[test]
+fn learned_positions_model_is_batch_order_and_padding_invariant() {
+    let inputs = vec![
+        Input::pair("Hello", "Hi there."),
+        Input::text("a"),
+        Input::pair("What is the capital of France?", " Paris is the capital of France."),
+        Input::pair("Say something", "quick brown fox"),
+    ];
+    assert_invariant(&fixture("tiny-gpt2"), &inputs);
+}

@@ -1,11 +1,18 @@
 //! Rewards equal the native PyTorch model's, within the stated tolerance of 1e-4 absolute.
 
-use rewardrt::{verify, ScorerOptions};
+use rewardrt::{verify, PaddingSide, ScorerOptions};
 
 use crate::{bundled, fixture, load};
 
+/// Re-scores the reference records in batches, padded on each side, against PyTorch's unpadded rewards.
 fn assert_parity(dir: &std::path::Path) {
-    let scorer = load(dir, ScorerOptions::default().with_batch_size(4));
+    for side in [PaddingSide::Right, PaddingSide::Left] {
+        assert_parity_padded(dir, side);
+    }
+}
+
+fn assert_parity_padded(dir: &std::path::Path, side: PaddingSide) {
+    let scorer = load(dir, ScorerOptions::default().with_batch_size(4).with_padding_side(side));
     let report = verify::verify(&scorer, verify::DEFAULT_TOLERANCE).unwrap();
     assert!(report.records >= 5, "{} has too few reference records", dir.display());
     assert!(
@@ -15,7 +22,7 @@ fn assert_parity(dir: &std::path::Path) {
     );
     assert!(
         report.max_abs_diff <= verify::DEFAULT_TOLERANCE,
-        "{}: max |Δ| {} > 1e-4 (worst {:?})",
+        "{} ({side:?} padding): max |Δ| {} > 1e-4 (worst {:?})",
         dir.display(),
         report.max_abs_diff,
         report.worst
@@ -66,4 +73,11 @@ fn pad_equals_eos_mask_rule_scores_the_eos_token() {
             row.id, row.rewards[0]
         );
     }
+}
+
+/// GPT-2 has learned absolute positions: only because `position_ids` count real tokens does a left-padded
+/// sequence score as PyTorch scores it unpadded.
+#[test]
+fn learned_positions_model_matches_pytorch() {
+    assert_parity(&fixture("tiny-gpt2"));
 }
