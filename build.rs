@@ -110,6 +110,8 @@ fn fetch() -> Result<PathBuf, String> {
     let python = env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned());
     let status = Command::new(&python)
         .args(["-m", "pip", "download", "--quiet", "--disable-pip-version-check"])
+        // A stalled connection is retried on a fresh one instead of hanging the build.
+        .args(["--timeout", "60", "--retries", "5"])
         .args(["--no-deps", "--only-binary=:all:", "--implementation", "cp"])
         .args([
             "--python-version",
