@@ -48,13 +48,13 @@ impl Encoder {
     }
 
     /// Token ids of each text, or that record's error (`index` is the position in `texts`).
-    pub fn encode(&self, texts: Vec<String>) -> Vec<Result<Vec<i64>>> {
-        let encoded = match self.tokenizer.encode_batch(texts.clone(), self.add_special_tokens) {
+    pub fn encode(&self, texts: &[&str]) -> Vec<Result<Vec<i64>>> {
+        let encoded = match self.tokenizer.encode_batch(texts.to_vec(), self.add_special_tokens) {
             Ok(all) => all.into_iter().map(Ok).collect::<Vec<_>>(),
             // One failing text fails the batch call: redo them one by one to blame only the culprits.
             Err(_) => texts
-                .into_iter()
-                .map(|t| self.tokenizer.encode(t, self.add_special_tokens))
+                .iter()
+                .map(|&t| self.tokenizer.encode(t, self.add_special_tokens))
                 .collect(),
         };
         encoded

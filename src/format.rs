@@ -4,6 +4,8 @@
 //! records are taken as they are. Both placeholders are substituted in one left-to-right pass, so braces
 //! inside a prompt or response are never re-interpreted.
 
+use std::borrow::Cow;
+
 use crate::record::Input;
 
 /// A text template with `{prompt}` and `{response}` placeholders.
@@ -20,10 +22,10 @@ impl Formatter {
         }
     }
 
-    /// The text to tokenize for `input`.
-    pub fn format(&self, input: &Input) -> String {
-        match input {
-            Input::Text(text) => text.clone(),
+    /// The text to tokenize for `input` (borrowed when the input is already text).
+    pub fn format<'a>(&self, input: &'a Input) -> Cow<'a, str> {
+        Cow::Owned(match input {
+            Input::Text(text) => return Cow::Borrowed(text),
             Input::Pair { prompt, response } => {
                 let mut out = String::with_capacity(self.template.len() + prompt.len() + response.len());
                 let mut rest = self.template.as_str();
@@ -44,7 +46,7 @@ impl Formatter {
                 out.push_str(rest);
                 out
             }
-        }
+        })
     }
 }
 
@@ -55,8 +57,8 @@ mod tests {
     #[test]
     fn fills_placeholders_once() {
         let f = Formatter::new("<|user|>{prompt}<|assistant|>{response}<|end|>");
-        let got = f.format(&Input::pair("say {response}", "{prompt}!"));
-        assert_eq!(got, "<|user|>say {response}<|assistant|>{prompt}!<|end|>");
+        let input = Input::pair("say {response}", "{prompt}!");
+        assert_eq!(f.format(&input), "<|user|>say {response}<|assistant|>{prompt}!<|end|>");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! in input order. A record that fails formatting or tokenization gets its own error; the others are scored.
 
 use std::{
+    borrow::Cow,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -224,8 +225,9 @@ impl Scorer {
 
     /// Formats and tokenizes `inputs` as the scorer would; entry `i` is input `i`'s token ids or its error.
     pub fn encode(&self, inputs: &[Input]) -> Vec<Result<Vec<i64>>> {
-        let texts = inputs.iter().map(|i| self.formatter.format(i)).collect();
-        self.encoder.encode(texts)
+        let texts: Vec<Cow<'_, str>> = inputs.iter().map(|i| self.formatter.format(i)).collect();
+        let texts: Vec<&str> = texts.iter().map(AsRef::as_ref).collect();
+        self.encoder.encode(&texts)
     }
 
     /// Scores already tokenized sequences (from [`Scorer::encode`], or ids from elsewhere).
