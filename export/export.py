@@ -229,7 +229,7 @@ def torch_rewards(model, seqs: list[list[int]]):
     return np.stack(out)
 
 
-def special_id(tokenizer, config, name: str):
+def special_id(config, name: str):
     value = getattr(config, f"{name}_token_id", None)
     if isinstance(value, list):
         value = value[0]
@@ -277,9 +277,9 @@ def export_model(
     tokenizer = tokenizers.Tokenizer.from_file(str(tokenizer_path))
     tokenizer.no_padding()
     tokenizer.no_truncation()
-    pad_id = special_id(tokenizer, config, "pad")
-    bos_id = special_id(tokenizer, config, "bos")
-    eos_id = special_id(tokenizer, config, "eos")
+    pad_id = special_id(config, "pad")
+    bos_id = special_id(config, "bos")
+    eos_id = special_id(config, "eos")
     # transformers scores the rightmost token that is not the pad id. When pad == eos that skips a trailing eos,
     # and the model was trained that way, so the manifest keeps that rule; otherwise the mask rule (which
     # scores a trailing eos) gives the same positions and is immune to id collisions.
