@@ -76,14 +76,13 @@ impl Backbone {
     pub(crate) fn load(model: &ModelDir, rt: &Runtime, config: &SessionConfig) -> Result<Backbone> {
         let spec = &model.manifest.backbone;
         let path = model.path(&spec.file);
+        // Resolve the provider once; the rest of the pool uses exactly that one, so the report holds for all.
+        let (first, ep, chosen) = open_session(rt, &path, config.ep, config.intra_threads)?;
         let mut sessions = Vec::with_capacity(config.pool_size.max(1));
-        let mut report = None;
-        for _ in 0..config.pool_size.max(1) {
-            let (session, r) = open_session(rt, &path, config)?;
-            report.get_or_insert(r);
-            sessions.push(session);
+        sessions.push(first);
+        for _ in 1..config.pool_size.max(1) {
+            sessions.push(open_session(rt, &path, chosen, config.intra_threads)?.0);
         }
-        let ep = report.expect("at least one session");
         let first = &sessions[0];
         let inputs: Vec<GraphIo> = first.inputs().iter().map(|o| graph_io(o.name(), o.dtype())).collect();
         let outputs: Vec<GraphIo> = first.outputs().iter().map(|o| graph_io(o.name(), o.dtype())).collect();
@@ -279,12 +278,18 @@ impl Backbone {
     }
 }
 
-/// Creates one session, trying each candidate provider on a fresh builder. A named provider that cannot
-/// register or cannot create the session is an error; under `Auto` the attempt is recorded and the next tried.
-fn open_session(rt: &Runtime, path: &std::path::Path, config: &SessionConfig) -> Result<(Session, EpReport)> {
+/// Creates one session, trying each candidate provider on a fresh builder, and returns it with the report and
+/// the concrete provider that runs it. A named provider that cannot register or cannot create the session is an
+/// error; under `Auto` the attempt is recorded and the next tried.
+fn open_session(
+    rt: &Runtime,
+    path: &std::path::Path,
+    requested: ExecutionProvider,
+    intra_threads: Option<usize>,
+) -> Result<(Session, EpReport, ExecutionProvider)> {
     let build = |ep: ExecutionProvider| -> Result<Session> {
         let mut builder = Session::builder(&rt.env).map_err(Error::ort("creating a session builder"))?;
-        if let Some(n) = config.intra_threads {
+        if let Some(n) = intra_threads {
             builder = builder
                 .with_intra_threads(n)
                 .map_err(|e| strip("setting the thread count", e))?;
@@ -299,17 +304,17 @@ fn open_session(rt: &Runtime, path: &std::path::Path, config: &SessionConfig) ->
         })
     };
     let mut fallbacks = Vec::new();
-    for ep in ep::candidates(config.ep) {
+    for ep in ep::candidates(requested) {
         match build(ep) {
             Ok(session) => {
                 let report = EpReport {
-                    requested: config.ep,
+                    requested,
                     effective: ep.name(),
                     fallbacks,
                 };
-                return Ok((session, report));
+                return Ok((session, report, ep));
             }
-            Err(Error::ExecutionProvider { ep, reason }) if config.ep == ExecutionProvider::Auto => {
+            Err(Error::ExecutionProvider { ep, reason }) if requested == ExecutionProvider::Auto => {
                 fallbacks.push((ep, reason));
             }
             Err(e) => return Err(e),

@@ -244,7 +244,7 @@ fn score(args: ScoreArgs) -> Result<ExitCode> {
     }
     out.flush()?;
     if failed > 0 {
-        eprintln!("rewardrt: {failed} of {} records failed; the others were scored", total);
+        eprintln!("rewardrt: {failed} of {total} records failed; the others were scored");
         return Ok(ExitCode::from(2));
     }
     Ok(ExitCode::SUCCESS)
