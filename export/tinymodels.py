@@ -42,23 +42,18 @@ def make_tokenizer(vocab_size: int = 200):
 
 
 # Tiny configs per architecture (hidden 32, 2 layers); the values are the smallest that keep each valid.
+_DECODER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                max_position_embeddings=256)
+_GQA = dict(_DECODER, num_key_value_heads=2)
 TINY_CONFIGS = {
-    "llama": ("LlamaConfig", dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                  num_key_value_heads=2, max_position_embeddings=256)),
-    "mistral": ("MistralConfig", dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)),
-    "qwen2": ("Qwen2Config", dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                  num_key_value_heads=2, max_position_embeddings=256)),
-    "qwen3": ("Qwen3Config", dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                  num_key_value_heads=2, head_dim=8, max_position_embeddings=256)),
-    "gemma2": ("Gemma2Config", dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                    num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-                                    max_position_embeddings=256)),
+    "llama": ("LlamaConfig", _GQA),
+    "mistral": ("MistralConfig", _GQA),
+    "qwen2": ("Qwen2Config", _GQA),
+    "qwen3": ("Qwen3Config", dict(_GQA, head_dim=8)),
+    "gemma2": ("Gemma2Config", dict(_GQA, head_dim=8)),
     "gpt2": ("GPT2Config", dict(n_embd=32, n_layer=2, n_head=4, n_positions=256)),
-    "gpt_neox": ("GPTNeoXConfig", dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                       num_attention_heads=4, max_position_embeddings=256)),
-    "phi3": ("Phi3Config", dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                num_key_value_heads=2, max_position_embeddings=256)),
+    "gpt_neox": ("GPTNeoXConfig", _DECODER),
+    "phi3": ("Phi3Config", _GQA),
 }
 
 
