@@ -12,9 +12,13 @@ problem right takes more than memorising: the model has to carry over structure 
 Chat-like format (the manifest's template): ``<|user|>{prompt}<|assistant|>{response}<|end|>``; the tokenizer
 adds ``<s>`` in front, and ``<|end|>`` is the end-of-turn (eos) token the model is trained to score.
 
-Reproduce the shipped model (CPU, seeded, a few minutes)::
+Reproduce the shipped model (CPU, seeded, a few minutes) and its PyTorch checkpoint::
 
-    python3 export/train_arith.py --out models/arith-rm
+    python3 export/train_arith.py --out models/arith-rm --hf-out models/arith-rm-hf
+
+Re-export the shipped checkpoint without training (after an exporter change)::
+
+    python3 export/train_arith.py --out models/arith-rm --from-hf models/arith-rm-hf
 """
 
 from __future__ import annotations
@@ -121,6 +125,22 @@ def write_examples(path: Path, rng: random.Random, problems: int = 10) -> None:
                 f.write(json.dumps({"id": f"p{i:02d}-{kind}", "prompt": prompt, "response": response}) + "\n")
 
 
+def reference_records(seed: int) -> list[dict]:
+    """Held-out correct/wrong pairs (sharing a prompt) and one pre-formatted text: the exporter's parity records."""
+    ref_rng = random.Random(seed + 2)
+    records = []
+    for i in range(12):
+        prompt, good, bad = make_pair(ref_rng, held_out=True)
+        records.append({"id": f"ref-{i}-correct", "prompt": prompt, "response": good})
+        records.append({"id": f"ref-{i}-wrong", "prompt": prompt, "response": bad})
+    records.append({"id": "ref-text", "text": export.format_record({"prompt": "What is 7+5?", "response": "12"}, TEMPLATE)})
+    return records
+
+
+def export_bundled(hf_dir: Path, out: Path, seed: int) -> None:
+    export.export_model(hf_dir, out, template=TEMPLATE, records=reference_records(seed), max_length=64, name="arith-rm")
+
+
 def main(argv=None) -> int:
     global MAX_OPERAND
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -133,9 +153,13 @@ def main(argv=None) -> int:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--max-operand", type=int, default=MAX_OPERAND)
     parser.add_argument("--write-examples", type=Path, help="only write held-out example records to this JSONL file")
+    parser.add_argument("--from-hf", type=Path, help="skip training: export this trained checkpoint to --out")
     args = parser.parse_args(argv)
     if args.write_examples:
         write_examples(args.write_examples, random.Random(args.seed + 3))
+        return 0
+    if args.from_hf:
+        export_bundled(args.from_hf, args.out, args.seed)
         return 0
 
     import torch
@@ -205,19 +229,11 @@ def main(argv=None) -> int:
     print(f"held-out pairwise accuracy: {held_out_accuracy:.4f} on {len(held_out)} pairs; per operator {per_op}")
 
     model.eval()
-    ref_rng = random.Random(args.seed + 2)
-    records = []
-    for i in range(12):
-        prompt, good, bad = make_pair(ref_rng, held_out=True)
-        records.append({"id": f"ref-{i}-correct", "prompt": prompt, "response": good})
-        records.append({"id": f"ref-{i}-wrong", "prompt": prompt, "response": bad})
-    records.append({"id": "ref-text", "text": export.format_record({"prompt": "What is 7+5?", "response": "12"}, TEMPLATE)})
-
     with tempfile.TemporaryDirectory() as tmp:
         hf_dir = args.hf_out or Path(tmp) / "arith-rm-hf"
         model.save_pretrained(hf_dir)
         tok.save(str(Path(hf_dir) / "tokenizer.json"))
-        export.export_model(hf_dir, args.out, template=TEMPLATE, records=records, max_length=64, name="arith-rm")
+        export_bundled(hf_dir, args.out, args.seed)
 
     stats = {
         "seed": args.seed,
