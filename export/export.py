@@ -139,8 +139,12 @@ def load_hf_model(model_dir: Path):
     return model
 
 
-def make_backbone(model):
-    """Wrap the base model so the graph returns the final-norm hidden states for every position."""
+def make_backbone(model, all_layers: bool = False):
+    """Wrap the base model so the graph returns the final-norm hidden states for every position.
+
+    With ``all_layers`` it also returns transformers' ``hidden_states`` tuple (embeddings, then each layer; the
+    last entry is the top layer after the final norm), as outputs ``hidden_states.0`` .. ``hidden_states.L``.
+    """
     import torch
 
     class Backbone(torch.nn.Module):
@@ -154,10 +158,73 @@ def make_backbone(model):
                 attention_mask=attention_mask,
                 position_ids=position_ids,
                 use_cache=False,
+                output_hidden_states=all_layers,
             )
+            if all_layers:
+                return (out.last_hidden_state, *out.hidden_states)
             return out.last_hidden_state
 
     return Backbone(model.base_model).eval()
+
+
+def layer_output_names(config) -> list[str]:
+    """``hidden_states.0`` (embeddings) .. ``hidden_states.L`` (top layer), as transformers numbers them."""
+    return [f"hidden_states.{i}" for i in range(int(config.num_hidden_layers) + 1)]
+
+
+def checkpoint_tensor(model_dir: Path, name: str):
+    """Tensor ``name`` from the checkpoint's safetensors files, or None."""
+    from safetensors import safe_open
+
+    for file in sorted(Path(model_dir).glob("*.safetensors")):
+        with safe_open(str(file), "pt") as f:
+            if name in f.keys():
+                return f.get_tensor(name)
+    return None
+
+
+def attach_checkpoint_bias(model, model_dir: Path, log) -> bool:
+    """Some reward models were trained with a bias on the score head, which transformers' head (``bias=False``)
+    drops on load. When the checkpoint has one, rebuild the head with it, so the PyTorch reference (and the
+    exported head) is the model the checkpoint describes. Returns True when a bias was attached."""
+    import torch
+
+    attr = SUPPORTED[model.config.model_type]
+    head = getattr(model, attr)
+    if getattr(head, "bias", None) is not None:
+        return False
+    bias = checkpoint_tensor(model_dir, f"{attr}.bias")
+    if bias is None:
+        return False
+    if tuple(bias.shape) != (head.out_features,):
+        raise ExportError(f"{model_dir}: `{attr}.bias` has shape {tuple(bias.shape)}, expected ({head.out_features},)")
+    patched = torch.nn.Linear(head.in_features, head.out_features, bias=True)
+    with torch.no_grad():
+        patched.weight.copy_(head.weight)
+        patched.bias.copy_(bias.float())
+    setattr(model, attr, patched.eval())
+    log(f"score head: using `{attr}.bias` from the checkpoint (transformers' head has no bias and would drop it)")
+    return True
+
+
+def normalization_of(config, num_labels: int):
+    """Reward normalisation stats carried by the source config (OpenRLHF stores ``mean``/``std``), or None."""
+    for mean_key, std_key in (("mean", "std"), ("reward_mean", "reward_std")):
+        mean, std = getattr(config, mean_key, None), getattr(config, std_key, None)
+        if mean is None or std is None:
+            continue
+        mean = [float(x) for x in (mean if isinstance(mean, (list, tuple)) else [mean])]
+        std = [float(x) for x in (std if isinstance(std, (list, tuple)) else [std])]
+        if len(mean) == 1:
+            mean = mean * num_labels
+        if len(std) == 1:
+            std = std * num_labels
+        if len(mean) != num_labels or len(std) != num_labels or not all(x > 0 for x in std):
+            raise ExportError(
+                f"config `{mean_key}`/`{std_key}` must be one value or {num_labels}, with std > 0: {mean}, {std}"
+            )
+        return {"mean": mean, "std": std, "source": f"config.json `{mean_key}`/`{std_key}`"}
+    return None
 
 
 def head_tensors(model) -> dict:
@@ -216,6 +283,114 @@ def onnx_rewards(session, head: dict, seqs: list[list[int]], pad_id: int, side: 
     return rewards
 
 
+def onnx_layer_states(session, names: list[str], seqs: list[list[int]], pad_id: int, side: str, rule: str):
+    """Each layer's hidden state at each sequence's scored position: ``[layers, batch, hidden]``."""
+    import numpy as np
+
+    ids, mask = pad_batch(seqs, pad_id, side)
+    feeds = {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids_for(mask)}
+    rows, cols = np.arange(len(seqs)), last_positions(ids, mask, rule, pad_id)
+    return np.stack([h[rows, cols] for h in session.run(names, feeds)])
+
+
+def torch_layer_states(model, seqs: list[list[int]], pad_id: int, rule: str):
+    """The native reference for ``--all-layers``: transformers' ``hidden_states``, each sequence alone."""
+    import numpy as np
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for seq in seqs:
+            hs = model.base_model(input_ids=torch.tensor([seq]), output_hidden_states=True).hidden_states
+            ids, mask = np.array([seq]), np.ones((1, len(seq)), dtype=np.int64)
+            pos = int(last_positions(ids, mask, rule, pad_id)[0])
+            out.append(np.stack([h[0, pos].float().numpy() for h in hs]))
+    return np.stack(out, axis=1)
+
+
+def ort_session(path: Path):
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def preference_pairs(records: list[dict]) -> tuple[list[tuple[int, int]], str]:
+    """Pairs for the flip rate, and where they came from: records that share a prompt (chosen/rejected style);
+    with no shared prompts, every pair of records."""
+    by_prompt: dict[str, list[int]] = {}
+    for i, r in enumerate(records):
+        if "prompt" in r:
+            by_prompt.setdefault(r["prompt"], []).append(i)
+    pairs = [(a, b) for group in by_prompt.values() for n, a in enumerate(group) for b in group[n + 1 :]]
+    if pairs:
+        return pairs, "records sharing a prompt"
+    return [(a, b) for a in range(len(records)) for b in range(a + 1, len(records))], "every pair of records"
+
+
+def flip_rate(reference, got, pairs) -> tuple[int, int]:
+    """(flips, comparisons): pairs, per label, whose preference (sign of the difference) differs from the
+    reference's. Exact reference ties are not counted."""
+    import numpy as np
+
+    flips = total = 0
+    for a, b in pairs:
+        ref = np.sign(reference[a] - reference[b])
+        new = np.sign(got[a] - got[b])
+        counted = ref != 0
+        total += int(counted.sum())
+        flips += int((counted & (ref != new)).sum())
+    return flips, total
+
+
+def drift(got, reference) -> dict:
+    import numpy as np
+
+    diff = np.abs(got - reference)
+    return {"max_abs": float(diff.max()), "mean_abs": float(diff.mean())}
+
+
+def save_graph(model_proto, path: Path, external: bool) -> None:
+    import onnx
+
+    kwargs = {}
+    if external:
+        kwargs = {"save_as_external_data": True, "all_tensors_to_one_file": True, "location": path.name + ".data"}
+    onnx.save_model(model_proto, str(path), **kwargs)
+
+
+def convert_precision(src: Path, dst: Path, dtype: str, quantize: str | None, external: bool) -> str:
+    """Write a reduced-precision copy of the float32 graph ``src`` to ``dst``; returns a description."""
+    import onnx
+
+    if dtype == "float16":
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        # Inputs are int64 and the output stays float32 (cast at the end), so the runtime's contract is unchanged.
+        converted = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+        save_graph(converted, dst, external)
+        return "float16 weights and activations, float32 output"
+    if quantize == "int8":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, use_external_data_format=external)
+        return "int8 dynamic quantisation (ONNX Runtime): int8 weights, activations quantised per run"
+    raise AssertionError("no precision change requested")
+
+
+def optimize_graph(src: Path, dst: Path, config, external: bool) -> dict:
+    """ONNX Runtime's transformer optimiser (Python fusions only, hardware-neutral); returns fused-op counts."""
+    from onnxruntime.transformers import optimizer
+
+    heads = int(getattr(config, "num_attention_heads", 0) or 0)
+    optimized = optimizer.optimize_model(
+        str(src), model_type="gpt2", num_heads=heads, hidden_size=int(config.hidden_size), opt_level=0
+    )
+    optimized.save_model_to_file(str(dst), use_external_data_format=external)
+    return {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
+
+
 def torch_rewards(model, seqs: list[list[int]]):
     """The native reference: each sequence alone, unpadded, through the full PyTorch model."""
     import numpy as np
@@ -236,6 +411,13 @@ def special_id(config, name: str):
     return value
 
 
+DTYPES = ("float32", "float16")
+QUANTIZE = ("int8",)
+# Default tolerance of `rewardrt verify` for reduced-precision graphs, relative to the largest reference reward
+# (at least 1): what fp16 and int8 usually keep on a well-conditioned model. The measured drift is recorded too.
+REDUCED_TOLERANCE = {"float16": 5e-3, "int8": 5e-2}
+
+
 def export_model(
     model_dir: Path,
     out_dir: Path,
@@ -248,6 +430,11 @@ def export_model(
     external_data: bool | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
     name: str | None = None,
+    all_layers: bool = False,
+    dtype: str = "float32",
+    quantize: str | None = None,
+    optimize: bool = False,
+    precision_tolerance: float | None = None,
     log=print,
 ) -> dict:
     """Export ``model_dir`` into ``out_dir`` and return the manifest. Raises ExportError on any failure."""
@@ -263,16 +450,24 @@ def export_model(
     out_dir = Path(out_dir)
     if "{response}" not in template and template:
         raise ExportError(f"--template `{template}` has no {{response}} placeholder")
+    if dtype not in DTYPES:
+        raise ExportError(f"--dtype `{dtype}` is not one of {', '.join(DTYPES)}")
+    if quantize is not None and quantize not in QUANTIZE:
+        raise ExportError(f"--quantize `{quantize}` is not one of {', '.join(QUANTIZE)}")
+    if quantize and dtype != "float32":
+        raise ExportError("--quantize int8 starts from the float32 graph; do not combine it with --dtype float16")
     model = load_hf_model(model_dir)
     tokenizer_path = model_dir / "tokenizer.json"
     if not tokenizer_path.is_file():
         raise ExportError(f"{model_dir}: no tokenizer.json (a fast tokenizer is required)")
+    attach_checkpoint_bias(model, model_dir, log)
     config = model.config
     hidden_size = int(config.hidden_size)
     num_labels = int(config.num_labels)
     labels = [config.id2label.get(i, f"LABEL_{i}") for i in range(num_labels)] if config.id2label else None
     if num_labels == 1:
         labels = ["reward"]
+    normalization = normalization_of(config, num_labels)
 
     tokenizer = tokenizers.Tokenizer.from_file(str(tokenizer_path))
     tokenizer.no_padding()
@@ -307,8 +502,11 @@ def export_model(
 
     tmp = Path(tempfile.mkdtemp(prefix="rewardrt-export-"))
     try:
-        # 1. Backbone graph.
-        backbone = make_backbone(model)
+        # 1. Backbone graph (float32; reduced precision is derived from it after the gate).
+        fp32_dir = tmp / "float32"
+        fp32_dir.mkdir()
+        backbone = make_backbone(model, all_layers)
+        layer_names = layer_output_names(config) if all_layers else []
         example = pad_batch([[1, 2, 3, 4, 5], [1, 2, 3]], pad_id, "right")
         example_pos = position_ids_for(example[1])
         args = tuple(torch.from_numpy(a) for a in (example[0], example[1], example_pos))
@@ -321,17 +519,17 @@ def export_model(
                 backbone,
                 args,
                 input_names=INPUTS,
-                output_names=[HIDDEN_OUTPUT],
+                output_names=[HIDDEN_OUTPUT, *layer_names],
                 dynamic_shapes={name: dims for name in INPUTS},
                 dynamo=True,
                 opset_version=OPSET,
                 verbose=False,
             )
-            backbone_path = tmp / "backbone.onnx"
+            graph_path = fp32_dir / "backbone.onnx"
             # None: weights go to `backbone.onnx.data` only when the model exceeds protobuf's 2 GiB limit.
-            program.save(str(backbone_path), external_data=external_data)
-        external = [p.name for p in tmp.iterdir() if p.name.startswith("backbone.onnx") and p.name != "backbone.onnx"]
-        onnx.checker.check_model(str(backbone_path))
+            program.save(str(graph_path), external_data=external_data)
+        external = (fp32_dir / "backbone.onnx.data").is_file()
+        onnx.checker.check_model(str(graph_path))
 
         # 2. Head, tokenizer files.
         head = head_tensors(model)
@@ -348,29 +546,120 @@ def export_model(
         # 3. Parity gate: PyTorch (each record alone) vs ORT (one padded batch, both sides).
         seqs = [t.ids for t in tokenized]
         reference = torch_rewards(model, seqs)
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = 1
-        session = onnxruntime.InferenceSession(str(backbone_path), options, providers=["CPUExecutionProvider"])
-        parity = {"tolerance": tolerance, "records": len(seqs)}
-        for side in ("right", "left"):
-            got = onnx_rewards(session, head, seqs, pad_id, side, last_token)
-            diff = float(np.max(np.abs(got - reference)))
-            parity[f"max_abs_diff_{side}_padding"] = diff
-            log(f"parity ({side} padding, {len(seqs)} records): max |onnx - torch| = {diff:.3e}")
-            if not diff <= tolerance:
+        layer_reference = torch_layer_states(model, seqs, pad_id, last_token) if all_layers else None
+
+        def gate(path: Path, what: str) -> dict:
+            """Parity of the graph at ``path``; raises ExportError above the tolerance."""
+            session = ort_session(path)
+            result = {}
+            for side in ("right", "left"):
+                got = onnx_rewards(session, head, seqs, pad_id, side, last_token)
+                diff = float(np.max(np.abs(got - reference)))
+                result[f"max_abs_diff_{side}_padding"] = diff
+                log(f"{what} ({side} padding, {len(seqs)} records): max |onnx - torch| = {diff:.3e}")
+                if not diff <= tolerance:
+                    raise ExportError(
+                        f"{what} failed with {side} padding: max |onnx - torch| = {diff:.3e} > {tolerance:.0e}"
+                    )
+                if layer_names:
+                    states = onnx_layer_states(session, layer_names, seqs, pad_id, side, last_token)
+                    diff = float(np.max(np.abs(states - layer_reference)))
+                    result[f"max_abs_diff_layers_{side}_padding"] = diff
+                    log(f"{what} ({side} padding): max |onnx - torch| over {len(layer_names)} layer states = {diff:.3e}")
+                    if not diff <= tolerance:
+                        raise ExportError(
+                            f"{what} failed for the layer outputs with {side} padding: {diff:.3e} > {tolerance:.0e}"
+                        )
+            return result
+
+        parity = {"tolerance": tolerance, "records": len(seqs), **gate(graph_path, "parity gate")}
+
+        # 4. Optional: the transformer optimiser's fusions, kept only if the gate still passes.
+        optimization = None
+        if optimize:
+            opt_dir = tmp / "optimized"
+            opt_dir.mkdir()
+            fused = optimize_graph(graph_path, opt_dir / "backbone.onnx", config, external)
+            try:
+                opt_parity = gate(opt_dir / "backbone.onnx", "parity gate (optimised graph)")
+                graph_path = opt_dir / "backbone.onnx"
+                optimization = {"kept": True, "fused_operators": fused, "parity": opt_parity}
+            except ExportError as e:
+                log(f"optimised graph rejected, keeping the unoptimised one: {e}")
+                optimization = {"kept": False, "fused_operators": fused, "reason": str(e)}
+
+        # 5. Optional reduced precision, from the gated float32 graph; drift and preference flips are measured.
+        precision = {"dtype": dtype, "quantization": quantize}
+        if dtype != "float32" or quantize:
+            fp32_rewards = onnx_rewards(ort_session(graph_path), head, seqs, pad_id, "right", last_token)
+            reduced_dir = tmp / "reduced"
+            reduced_dir.mkdir()
+            description = convert_precision(graph_path, reduced_dir / "backbone.onnx", dtype, quantize, external)
+            graph_path = reduced_dir / "backbone.onnx"
+            try:
+                session = ort_session(graph_path)
+            except Exception as e:  # onnxruntime raises its own exception types
+                raise ExportError(f"the {description} graph does not load in ONNX Runtime (CPU): {e}") from e
+            pairs, pair_source = preference_pairs([t.record for t in tokenized])
+            worst = {}
+            for side in ("right", "left"):
+                got = onnx_rewards(session, head, seqs, pad_id, side, last_token)
+                if not np.all(np.isfinite(got)):
+                    raise ExportError(f"the {description} graph produces non-finite rewards")
+                worst[side] = got
+            got = worst["right"]
+            # Dynamic int8 quantises activations with one scale per tensor, i.e. per batch: a reward then depends
+            # slightly on its batch neighbours and padding. Measured against each record scored alone.
+            alone = np.concatenate([onnx_rewards(session, head, [q], pad_id, "right", last_token) for q in seqs])
+            batch_dependence = max(float(np.max(np.abs(worst[side] - alone))) for side in worst)
+            flips, comparisons = flip_rate(reference, got, pairs)
+            scale = max(1.0, float(np.max(np.abs(reference))))
+            verify_tolerance = precision_tolerance or REDUCED_TOLERANCE[quantize or dtype] * scale
+            precision.update(
+                {
+                    "description": description,
+                    "drift_vs_pytorch": drift(got, reference),
+                    "drift_vs_pytorch_left_padding": drift(worst["left"], reference),
+                    "drift_vs_onnx_float32": drift(got, fp32_rewards),
+                    "drift_vs_pytorch_batch_of_one": drift(alone, reference),
+                    "batch_dependence_max_abs": batch_dependence,
+                    "pairs": comparisons,
+                    "pair_source": pair_source,
+                    "flips": flips,
+                    "flip_rate": flips / comparisons if comparisons else None,
+                    "verify_tolerance": verify_tolerance,
+                }
+            )
+            d = precision["drift_vs_pytorch"]
+            log(
+                f"{description}: drift vs PyTorch max {d['max_abs']:.3e} mean {d['mean_abs']:.3e}; "
+                f"flip rate {flips}/{comparisons} preference pairs; batch dependence {batch_dependence:.3e}"
+            )
+            worst_drift = max(
+                precision[k]["max_abs"]
+                for k in ("drift_vs_pytorch", "drift_vs_pytorch_left_padding", "drift_vs_pytorch_batch_of_one")
+            )
+            if worst_drift > verify_tolerance:
                 raise ExportError(
-                    f"parity gate failed with {side} padding: max |onnx - torch| = {diff:.3e} > {tolerance:.0e}"
+                    f"the {description} graph drifts {worst_drift:.3e} from PyTorch, above the precision tolerance "
+                    f"{verify_tolerance:.3e} (raise it with --precision-tolerance if that is acceptable)"
                 )
 
-        # 4. Reference records with the rewards PyTorch computed.
+        # 6. Reference records with the rewards PyTorch computed.
         with open(tmp / "reference.jsonl", "w", encoding="utf-8") as f:
-            for t, r in zip(tokenized, reference):
+            for i, (t, r) in enumerate(zip(tokenized, reference)):
                 row = {k: v for k, v in t.record.items() if k in ("id", "prompt", "response", "text")}
                 row["input_ids"] = t.ids
                 row["rewards"] = [float(x) for x in r]
+                if layer_reference is not None:
+                    # PyTorch's hidden_states[n] at the scored token, for `rewardrt verify` to check each layer.
+                    row["layer_states"] = layer_reference[:, i, :].tolist()
                 f.write(json.dumps(row) + "\n")
 
-        files = ["backbone.onnx", *external, "reward_head.safetensors", "tokenizer.json", "reference.jsonl"]
+        graph_files = ["backbone.onnx"] + (["backbone.onnx.data"] if (graph_path.parent / "backbone.onnx.data").is_file() else [])
+        for f in graph_files:
+            shutil.copy(graph_path.parent / f, tmp / f)
+        files = [*graph_files, "reward_head.safetensors", "tokenizer.json", "reference.jsonl"]
         files += carried.values()
         manifest = {
             "format_version": FORMAT_VERSION,
@@ -378,11 +667,13 @@ def export_model(
             "architecture": (config.architectures or [type(model).__name__])[0],
             "backbone": {
                 "file": "backbone.onnx",
-                "external_data": external[0] if external else None,
+                "external_data": graph_files[1] if len(graph_files) > 1 else None,
                 "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask", "position_ids": "position_ids"},
                 "output": HIDDEN_OUTPUT,
+                "layer_outputs": layer_names or None,
                 "hidden_size": hidden_size,
-                "dtype": "float32",
+                "dtype": dtype,
+                "quantization": quantize,
             },
             "head": {
                 "file": "reward_head.safetensors",
@@ -390,6 +681,7 @@ def export_model(
                 "bias": "bias" if "bias" in head else None,
                 "shape": [num_labels, hidden_size],
                 "labels": labels,
+                "normalization": normalization,
             },
             "tokenizer": {
                 "file": "tokenizer.json",
@@ -406,6 +698,8 @@ def export_model(
             "max_length": int(max_length),
             "reference": "reference.jsonl",
             "parity": parity,
+            "precision": precision,
+            "optimization": optimization,
             "exporter": {
                 "name": "rewardrt-export",
                 "version": EXPORTER_VERSION,
@@ -448,6 +742,24 @@ def main(argv=None) -> int:
         default=None,
         help="store weights in backbone.onnx.data beside the graph (automatic above 2 GiB)",
     )
+    parser.add_argument(
+        "--all-layers",
+        action="store_true",
+        help="also output every layer's hidden states (hidden_states.0 .. hidden_states.L) for probing",
+    )
+    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="graph precision (float16: for GPUs)")
+    parser.add_argument("--quantize", choices=QUANTIZE, help="dynamic int8 quantisation (for CPU and edge)")
+    parser.add_argument(
+        "--optimize",
+        action="store_true",
+        help="apply ONNX Runtime's transformer fusions; kept only if the parity gate still passes",
+    )
+    parser.add_argument(
+        "--precision-tolerance",
+        type=float,
+        help="max |reward - PyTorch| accepted for --dtype float16 / --quantize int8 (default: 5e-3 / 5e-2 times "
+        "the largest reference reward, at least 1); also what `rewardrt verify` uses for it",
+    )
     args = parser.parse_args(argv)
     try:
         export_model(
@@ -461,6 +773,11 @@ def main(argv=None) -> int:
             external_data=args.external_data,
             tolerance=args.tolerance,
             name=args.name,
+            all_layers=args.all_layers,
+            dtype=args.dtype,
+            quantize=args.quantize,
+            optimize=args.optimize,
+            precision_tolerance=args.precision_tolerance,
         )
     except ExportError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -93,3 +93,15 @@ def make_rm(out_dir: Path, arch: str = "llama", *, num_labels: int = 1, seed: in
 def make_llama_rm(out_dir: Path, **kwargs) -> Path:
     """A random tiny Llama reward model (see ``make_rm``)."""
     return make_rm(out_dir, "llama", **kwargs)
+
+
+def add_head_bias(model_dir: Path, bias) -> None:
+    """Add ``score.bias`` to a saved checkpoint, as models trained with a biased value head have (transformers'
+    own head has no bias and drops it on load; the exporter keeps it)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    path = Path(model_dir) / "model.safetensors"
+    tensors = load_file(str(path))
+    tensors["score.bias"] = torch.tensor(bias, dtype=torch.float32)
+    save_file(tensors, str(path), metadata={"format": "pt"})

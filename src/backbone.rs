@@ -17,9 +17,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ndarray::{ArrayView1, Axis, Ix3};
+use ndarray::{ArrayView1, ArrayView3, Axis, Ix3};
 use ort::{
-    session::Session,
+    session::{OutputSelector, RunOptions, Session, SessionOutputs},
     value::{TensorElementType, TensorRef, ValueType},
 };
 
@@ -59,6 +59,8 @@ pub struct Backbone {
     attention_mask: String,
     position_ids: Option<String>,
     output: String,
+    /// Per-layer outputs (`hidden_states.0` .. `hidden_states.L`) when the graph was exported with them.
+    layers: Vec<String>,
     hidden_size: usize,
     ep: EpReport,
     inputs: Vec<GraphIo>,
@@ -123,42 +125,10 @@ impl Backbone {
                 ));
             }
         }
-        let output = outputs.iter().find(|o| o.name == spec.output).ok_or_else(|| {
-            let names: Vec<&str> = outputs.iter().map(|o| o.name.as_str()).collect();
-            Error::model(
-                &path,
-                format!(
-                    "graph has no output `{}` named in rewardrt.json (outputs: {})",
-                    spec.output,
-                    names.join(", ")
-                ),
-            )
-        })?;
-        if output.dtype != "float32" {
-            return Err(Error::model(
-                &path,
-                format!("output `{}` has type {}, expected float32", output.name, output.dtype),
-            ));
-        }
-        if output.shape.len() != 3 {
-            return Err(Error::model(
-                &path,
-                format!(
-                    "output `{}` has rank {}, expected [batch, seq, hidden]",
-                    output.name,
-                    output.shape.len()
-                ),
-            ));
-        }
-        let last = output.shape[2];
-        if last >= 0 && last as usize != spec.hidden_size {
-            return Err(Error::model(
-                &path,
-                format!(
-                    "output `{}` has hidden size {last} but rewardrt.json says hidden_size {}",
-                    output.name, spec.hidden_size
-                ),
-            ));
+        check_hidden_output(&path, &outputs, &spec.output, spec.hidden_size)?;
+        let layers = spec.layer_outputs.clone().unwrap_or_default();
+        for name in &layers {
+            check_hidden_output(&path, &outputs, name, spec.hidden_size)?;
         }
         Ok(Backbone {
             path,
@@ -168,11 +138,17 @@ impl Backbone {
             attention_mask: declared.attention_mask.clone(),
             position_ids: declared.position_ids.clone(),
             output: spec.output.clone(),
+            layers,
             hidden_size: spec.hidden_size,
             ep,
             inputs,
             outputs,
         })
+    }
+
+    /// Number of per-layer outputs (`L + 1`: the embeddings and each layer), 0 when the graph has none.
+    pub fn layer_count(&self) -> usize {
+        self.layers.len()
     }
 
     /// True when the graph takes `position_ids`.
@@ -211,14 +187,19 @@ impl Backbone {
         self.sessions[start].lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Runs one batch, selects each row's position under `rule` and calls `f(row, hidden)` with that row's
-    /// hidden state at it. Rows with no selectable position get `None`.
+    /// Runs one batch, selects each row's position under `rule` and calls `f(row, hidden, probe)` with that
+    /// row's top-layer hidden state at it, and layer `probe`'s state there when asked for. Rows with no
+    /// selectable position get `None`. Only the outputs used are computed and fetched.
+    ///
+    /// # Panics
+    /// If `probe` is not below [`Backbone::layer_count`] (the scorer checks it first).
     pub(crate) fn run<T>(
         &self,
         batch: &Batch,
         rule: LastTokenRule,
         pad_id: i64,
-        mut f: impl FnMut(usize, ArrayView1<'_, f32>) -> T,
+        probe: Option<usize>,
+        mut f: impl FnMut(usize, ArrayView1<'_, f32>, Option<ArrayView1<'_, f32>>) -> T,
     ) -> Result<(Vec<Option<T>>, RunTiming)> {
         let tensor = |a| TensorRef::from_array_view(a).map_err(Error::ort("building an input tensor"));
         let mut feeds = vec![
@@ -232,32 +213,37 @@ impl Backbone {
                 .expect("the scorer builds positions when the graph takes them");
             feeds.push((name.as_str(), tensor(positions.view())?));
         }
+        let probe_name = probe.map(|n| self.layers[n].as_str());
+        // A graph with per-layer outputs would compute and copy all of them; ask only for what is used.
+        let options = if self.layers.is_empty() {
+            None
+        } else {
+            let mut selector = OutputSelector::no_default().with(&self.output);
+            if let Some(name) = probe_name {
+                selector = selector.with(name);
+            }
+            Some(
+                RunOptions::new()
+                    .map_err(Error::ort("creating run options"))?
+                    .with_outputs(selector),
+            )
+        };
         let started = Instant::now();
         let mut session = self.acquire();
-        let outputs = session.run(feeds).map_err(Error::ort("running the backbone"))?;
+        let outputs = match &options {
+            Some(options) => session.run_with_options(feeds, options),
+            None => session.run(feeds),
+        }
+        .map_err(Error::ort("running the backbone"))?;
         let backbone = started.elapsed();
 
         let started = Instant::now();
-        let hidden = outputs
-            .get(&self.output)
-            .ok_or_else(|| Error::model(&self.path, format!("the run returned no `{}` output", self.output)))?
-            .try_extract_array::<f32>()
-            .map_err(Error::ort("reading the hidden states"))?;
-        let hidden = hidden
-            .into_dimensionality::<Ix3>()
-            .map_err(|e| Error::model(&self.path, format!("hidden states are not [batch, seq, hidden]: {e}")))?;
-        let (rows, width, dim) = hidden.dim();
-        if rows != batch.rows() || width != batch.width() || dim != self.hidden_size {
-            return Err(Error::model(
-                &self.path,
-                format!(
-                    "output shape [{rows}, {width}, {dim}] does not match the batch [{}, {}] and hidden size {}",
-                    batch.rows(),
-                    batch.width(),
-                    self.hidden_size
-                ),
-            ));
-        }
+        let hidden = self.hidden_view(&outputs, &self.output, batch)?;
+        let probed = match probe_name {
+            Some(name) => Some(self.hidden_view(&outputs, name, batch)?),
+            None => None,
+        };
+        let rows = batch.rows();
         let ids = batch.input_ids.view();
         let mask = batch.attention_mask.view();
         let results = (0..rows)
@@ -270,12 +256,88 @@ impl Backbone {
                     mask.as_slice().expect("standard layout"),
                     pad_id,
                 )?;
-                Some(f(row, hidden.index_axis(Axis(0), row).index_axis_move(Axis(0), pos)))
+                Some(f(
+                    row,
+                    state_at(&hidden, row, pos),
+                    probed.as_ref().map(|p| state_at(p, row, pos)),
+                ))
             })
             .collect();
         let select_head = started.elapsed();
         Ok((results, RunTiming { backbone, select_head }))
     }
+
+    /// Output `name` as a `[batch, seq, hidden]` view, checked against the batch.
+    fn hidden_view<'a>(
+        &self,
+        outputs: &'a SessionOutputs<'_>,
+        name: &str,
+        batch: &Batch,
+    ) -> Result<ArrayView3<'a, f32>> {
+        let hidden = outputs
+            .get(name)
+            .ok_or_else(|| Error::model(&self.path, format!("the run returned no `{name}` output")))?
+            .try_extract_array::<f32>()
+            .map_err(Error::ort("reading the hidden states"))?
+            .into_dimensionality::<Ix3>()
+            .map_err(|e| Error::model(&self.path, format!("`{name}` is not [batch, seq, hidden]: {e}")))?;
+        let (rows, width, dim) = hidden.dim();
+        if rows != batch.rows() || width != batch.width() || dim != self.hidden_size {
+            return Err(Error::model(
+                &self.path,
+                format!(
+                    "output `{name}` shape [{rows}, {width}, {dim}] does not match the batch [{}, {}] and hidden \
+                     size {}",
+                    batch.rows(),
+                    batch.width(),
+                    self.hidden_size
+                ),
+            ));
+        }
+        Ok(hidden)
+    }
+}
+
+/// The hidden state of `row` at position `pos`.
+fn state_at<'a>(hidden: &'a ArrayView3<'_, f32>, row: usize, pos: usize) -> ArrayView1<'a, f32> {
+    hidden.index_axis(Axis(0), row).index_axis_move(Axis(0), pos)
+}
+
+/// Checks that the graph has output `name`, float32 `[batch, seq, hidden]`.
+fn check_hidden_output(path: &std::path::Path, outputs: &[GraphIo], name: &str, hidden_size: usize) -> Result<()> {
+    let output = outputs.iter().find(|o| o.name == name).ok_or_else(|| {
+        let names: Vec<&str> = outputs.iter().map(|o| o.name.as_str()).collect();
+        Error::model(
+            path,
+            format!(
+                "graph has no output `{name}` named in rewardrt.json (outputs: {})",
+                names.join(", ")
+            ),
+        )
+    })?;
+    if output.dtype != "float32" {
+        return Err(Error::model(
+            path,
+            format!("output `{name}` has type {}, expected float32", output.dtype),
+        ));
+    }
+    if output.shape.len() != 3 {
+        return Err(Error::model(
+            path,
+            format!(
+                "output `{name}` has rank {}, expected [batch, seq, hidden]",
+                output.shape.len()
+            ),
+        ));
+    }
+    let last = output.shape[2];
+    if last >= 0 && last as usize != hidden_size {
+        return Err(Error::model(
+            path,
+            format!("output `{name}` has hidden size {last} but rewardrt.json says hidden_size {hidden_size}"),
+        ));
+    }
+    Ok(())
 }
 
 /// Creates one session, trying each candidate provider on a fresh builder, and returns it with the report and

@@ -18,6 +18,8 @@ pub struct RewardHead {
     weight: Array2<f32>,
     /// `[k]`.
     bias: Option<Array1<f32>>,
+    /// `(mean, std)`, `[k]` each, applied after the bias when set.
+    normalization: Option<(Array1<f32>, Array1<f32>)>,
 }
 
 impl RewardHead {
@@ -29,7 +31,30 @@ impl RewardHead {
         if let Some(b) = &bias {
             assert_eq!(b.len(), weight.nrows(), "bias length must equal k");
         }
-        RewardHead { weight, bias }
+        RewardHead {
+            weight,
+            bias,
+            normalization: None,
+        }
+    }
+
+    /// Returns the head with `(r - mean) / std` applied to each output.
+    ///
+    /// # Panics
+    /// If `mean` or `std` has a length other than `k` (the manifest check comes first).
+    pub fn with_normalization(mut self, mean: &[f32], std: &[f32]) -> Self {
+        let k = self.num_labels();
+        assert!(
+            mean.len() == k && std.len() == k,
+            "normalisation needs k means and k stds"
+        );
+        self.normalization = Some((Array1::from(mean.to_vec()), Array1::from(std.to_vec())));
+        self
+    }
+
+    /// True when outputs are normalised.
+    pub fn normalizes(&self) -> bool {
+        self.normalization.is_some()
     }
 
     /// Loads and checks the head named by `spec` from `path`.
@@ -49,7 +74,7 @@ impl RewardHead {
             Some(name) => Some(Array1::from_vec(read_f32(&tensors, path, name, &[k])?)),
             None => None,
         };
-        Ok(RewardHead { weight, bias })
+        Ok(RewardHead::new(weight, bias))
     }
 
     /// Number of outputs `k`.
@@ -62,11 +87,15 @@ impl RewardHead {
         self.weight.ncols()
     }
 
-    /// `h · W_rᵀ (+ b)` for one hidden state.
+    /// `h · W_rᵀ (+ b)` for one hidden state, normalised when set.
     pub fn apply(&self, hidden: ArrayView1<'_, f32>) -> Vec<f32> {
         let mut out = self.weight.dot(&hidden);
         if let Some(b) = &self.bias {
             out += b;
+        }
+        if let Some((mean, std)) = &self.normalization {
+            out -= mean;
+            out /= std;
         }
         out.to_vec()
     }
@@ -110,5 +139,13 @@ mod tests {
         let head = RewardHead::new(array![[1.0, 2.0], [0.5, -1.0]], Some(array![0.25, 1.0]));
         let r = head.apply(array![3.0f32, 4.0].view());
         assert_eq!(r, vec![1.0 * 3.0 + 2.0 * 4.0 + 0.25, 0.5 * 3.0 - 4.0 + 1.0]);
+    }
+
+    #[test]
+    fn normalization_follows_the_bias() {
+        let head = RewardHead::new(array![[1.0, 2.0], [0.5, -1.0]], Some(array![0.25, 1.0]))
+            .with_normalization(&[1.25, -2.0], &[2.0, 0.5]);
+        let r = head.apply(array![3.0f32, 4.0].view());
+        assert_eq!(r, vec![(11.25 - 1.25) / 2.0, (-1.5 + 2.0) / 0.5]);
     }
 }

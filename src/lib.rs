@@ -44,7 +44,7 @@ pub use crate::{
     error::{Error, Result},
     manifest::{ModelDir, PaddingSide},
     record::{Input, Record},
-    scorer::{Rewards, ScoreStats, Scorer, ScorerOptions},
+    scorer::{Rewards, ScoreStats, Scored, Scorer, ScorerOptions},
     select::LastTokenRule,
 };
 

@@ -8,13 +8,14 @@ use std::{
     io::{self, BufRead, BufReader, BufWriter, Write},
     path::{Path, PathBuf},
     process::ExitCode,
+    time::Instant,
 };
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use rewardrt::{
     bench::{self, BenchCase},
-    ep, record, runtime, verify, ExecutionProvider, Input, LastTokenRule, PaddingSide, Scorer, ScorerOptions,
+    ep, record, runtime, verify, ExecutionProvider, Input, LastTokenRule, PaddingSide, Scored, Scorer, ScorerOptions,
 };
 use serde_json::{json, Value};
 
@@ -66,9 +67,11 @@ struct ModelArgs {
 
 impl ModelArgs {
     fn load(&self) -> Result<Scorer> {
-        let mut options = ScorerOptions::default()
-            .with_ep(self.ep)
-            .with_batch_size(self.batch_size);
+        self.load_with(ScorerOptions::default())
+    }
+
+    fn load_with(&self, options: ScorerOptions) -> Result<Scorer> {
+        let mut options = options.with_ep(self.ep).with_batch_size(self.batch_size);
         if let Some(n) = self.threads {
             options = options.with_threads(n);
         }
@@ -83,6 +86,20 @@ impl ModelArgs {
         }
         let scorer = Scorer::load(&self.model, options)
             .with_context(|| format!("cannot load model {}", self.model.display()))?;
+        let batch_dependence = scorer
+            .model()
+            .manifest
+            .precision
+            .as_ref()
+            .and_then(|p| p.measured.get("batch_dependence_max_abs"))
+            .and_then(Value::as_f64)
+            .filter(|d| *d > 1e-5);
+        if let (Some(d), true) = (batch_dependence, self.batch_size > 1) {
+            eprintln!(
+                "rewardrt: note: this int8 graph quantises activations per batch, so a reward moves by up to {d:.1e} \
+                 with its batch neighbours (measured at export); --batch-size 1 makes rewards batch-independent"
+            );
+        }
         let report = scorer.ep_report();
         if report.fell_back_to_cpu() {
             eprintln!("rewardrt: warning: {}", report.summary());
@@ -103,6 +120,16 @@ struct ScoreArgs {
     /// Output JSONL file, or - for stdout.
     #[arg(long, short, default_value = "-")]
     output: PathBuf,
+    /// Also output layer N's hidden state at the scored token as "hidden" (0 = embeddings; needs a model
+    /// exported with --all-layers).
+    #[arg(long)]
+    layer: Option<usize>,
+    /// Normalise rewards with the model's mean/std (from the source config); raw rewards otherwise.
+    #[arg(long)]
+    normalize: bool,
+    /// Write run statistics (records, load and scoring seconds, records/s, provider) as JSON to this file.
+    #[arg(long)]
+    stats: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -118,9 +145,10 @@ struct InfoArgs {
 struct VerifyArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// Largest accepted absolute difference from PyTorch's rewards.
-    #[arg(long, default_value_t = verify::DEFAULT_TOLERANCE)]
-    tolerance: f32,
+    /// Largest accepted absolute difference from PyTorch's rewards (default 1e-4; for a float16 or int8 graph,
+    /// the tolerance its exporter recorded).
+    #[arg(long)]
+    tolerance: Option<f32>,
 }
 
 #[derive(Args)]
@@ -185,7 +213,12 @@ fn open_output(path: &Path) -> Result<Box<dyn Write>> {
 const CHUNK: usize = 1024;
 
 fn score(args: ScoreArgs) -> Result<ExitCode> {
-    let scorer = args.model.load()?;
+    let started = Instant::now();
+    let scorer = args
+        .model
+        .load_with(ScorerOptions::default().with_normalize(args.normalize))?;
+    let load_seconds = started.elapsed().as_secs_f64();
+    let started = Instant::now();
     let source = if args.input == Path::new("-") {
         "<stdin>".to_owned()
     } else {
@@ -212,7 +245,15 @@ fn score(args: ScoreArgs) -> Result<ExitCode> {
             .filter_map(|l| l.as_ref().ok())
             .map(|r| r.input.clone())
             .collect();
-        let mut scored = scorer.score(&inputs)?.into_iter();
+        let mut scored = match args.layer {
+            Some(layer) => scorer.score_with_layer(&inputs, layer)?,
+            None => scorer
+                .score(&inputs)?
+                .into_iter()
+                .map(|r| r.map(|rewards| Scored { rewards, hidden: None }))
+                .collect(),
+        }
+        .into_iter();
         for line in &chunk {
             let value = match line {
                 Err(e) => {
@@ -221,8 +262,17 @@ fn score(args: ScoreArgs) -> Result<ExitCode> {
                     json!({"id": e.id, "error": e.to_string()})
                 }
                 Ok(record) => match scored.next().expect("one result per record") {
-                    Ok(rewards) if multi => json!({"id": record.id, "rewards": rewards}),
-                    Ok(rewards) => json!({"id": record.id, "reward": rewards[0]}),
+                    Ok(Scored { rewards, hidden }) => {
+                        let mut value = if multi {
+                            json!({"id": record.id, "rewards": rewards})
+                        } else {
+                            json!({"id": record.id, "reward": rewards[0]})
+                        };
+                        if let Some(hidden) = hidden {
+                            value["hidden"] = json!(hidden);
+                        }
+                        value
+                    }
                     Err(e) => {
                         failed += 1;
                         let message = match e {
@@ -243,11 +293,39 @@ fn score(args: ScoreArgs) -> Result<ExitCode> {
         out.flush()?;
     }
     out.flush()?;
+    if let Some(path) = &args.stats {
+        let score_seconds = started.elapsed().as_secs_f64();
+        let stats = json!({
+            "records": total,
+            "failed": failed,
+            "load_seconds": load_seconds,
+            "score_seconds": score_seconds,
+            "records_per_second": total as f64 / score_seconds.max(1e-9),
+            "execution_provider": scorer.ep_report().effective,
+            "threads": args.model.threads,
+            "batch_size": args.model.batch_size,
+            "normalized": scorer.normalizes(),
+        });
+        std::fs::write(path, format!("{stats:#}\n")).with_context(|| format!("cannot write {}", path.display()))?;
+    }
     if failed > 0 {
         eprintln!("rewardrt: {failed} of {total} records failed; the others were scored");
         return Ok(ExitCode::from(2));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `float32`, or the reduced precision with the drift and flip rate the exporter measured.
+fn precision_summary(m: &rewardrt::manifest::Manifest) -> String {
+    let b = &m.backbone;
+    let name = b.quantization.as_deref().unwrap_or(&b.dtype).to_owned();
+    let Some(p) = &m.precision else { return name };
+    let drift = p.measured.get("drift_vs_pytorch").and_then(|d| d["max_abs"].as_f64());
+    let flips = (p.measured.get("flips"), p.measured.get("pairs"));
+    match (drift, flips) {
+        (Some(d), (Some(f), Some(n))) => format!("{name} (max |Δ| vs PyTorch {d:.2e}, preference flips {f}/{n})"),
+        _ => name,
+    }
 }
 
 fn info(args: InfoArgs) -> Result<()> {
@@ -278,6 +356,10 @@ fn info(args: InfoArgs) -> Result<()> {
             "eos_id": m.tokenizer.eos_id,
             "exporter": m.exporter,
             "parity": m.parity,
+            "precision": m.precision,
+            "optimization": m.optimization,
+            "layer_outputs": m.backbone.layer_outputs,
+            "normalization": m.head.normalization,
         },
         "graph": {
             "inputs": io_json(scorer.backbone().inputs()),
@@ -312,6 +394,22 @@ fn info(args: InfoArgs) -> Result<()> {
         m.head.shape[1],
         scorer.labels()
     )?;
+    if let Some(n) = &m.head.normalization {
+        writeln!(
+            out,
+            "normalization  mean {:?} std {:?} (applied with --normalize)",
+            n.mean, n.std
+        )?;
+    }
+    writeln!(out, "precision      {}", precision_summary(m))?;
+    if let Some(layers) = &m.backbone.layer_outputs {
+        writeln!(
+            out,
+            "layers         {} outputs (score --layer 0..={})",
+            layers.len(),
+            layers.len() - 1
+        )?;
+    }
     writeln!(out, "max length     {}", scorer.max_length())?;
     writeln!(out, "padding side   {:?}", scorer.padding_side())?;
     writeln!(out, "last token     {:?}", scorer.last_token())?;
@@ -343,11 +441,25 @@ fn info(args: InfoArgs) -> Result<()> {
 fn verify_cmd(args: VerifyArgs) -> Result<ExitCode> {
     let scorer = args.model.load()?;
     let checked = scorer.model().verify_checksums(None)?;
-    let report = verify::verify(&scorer, args.tolerance)?;
+    let tolerance = args
+        .tolerance
+        .unwrap_or_else(|| verify::default_tolerance(scorer.model()));
+    let report = verify::verify(&scorer, tolerance)?;
     println!("checksums      {checked} files match rewardrt.json");
     println!("reference      {} ({} records)", report.file.display(), report.records);
+    let m = &scorer.model().manifest.backbone;
+    if m.dtype != "float32" || m.quantization.is_some() {
+        let precision = m.quantization.as_deref().unwrap_or(&m.dtype);
+        println!("precision      {precision} graph against the float32 PyTorch reference");
+    }
     println!("max |Δ|        {:.3e}", report.max_abs_diff);
     println!("mean |Δ|       {:.3e}", report.mean_abs_diff);
+    if report.layers_checked > 0 {
+        println!(
+            "layers         {} hidden states, max |Δ| {:.3e}",
+            report.layers_checked, report.max_abs_diff_layers
+        );
+    }
     if let Some(worst) = &report.worst {
         println!("worst record   {worst}");
     }

@@ -61,6 +61,12 @@ pub struct Manifest {
     /// What the exporter's parity gate measured; informational.
     #[serde(default)]
     pub parity: Option<serde_json::Value>,
+    /// Precision of the graph and, when reduced, the drift and preference flips the exporter measured.
+    #[serde(default)]
+    pub precision: Option<Precision>,
+    /// What the optional transformer-optimiser pass fused, and whether it was kept; informational.
+    #[serde(default)]
+    pub optimization: Option<serde_json::Value>,
     /// Exporter and library versions; informational.
     #[serde(default)]
     pub exporter: Option<serde_json::Value>,
@@ -77,9 +83,32 @@ pub struct BackboneSpec {
     pub external_data: Option<String>,
     pub inputs: GraphInputs,
     pub output: String,
+    /// Per-layer outputs `hidden_states.0` (embeddings) .. `hidden_states.L` (top layer), when exported with
+    /// `--all-layers`; index `n` is layer `n`.
+    #[serde(default)]
+    pub layer_outputs: Option<Vec<String>>,
     pub hidden_size: usize,
+    /// Precision of weights and activations: `float32` or `float16` (the output is float32 either way).
     #[serde(default = "default_dtype")]
     pub dtype: String,
+    /// `int8` for a dynamically quantised graph.
+    #[serde(default)]
+    pub quantization: Option<String>,
+}
+
+/// Graph precision and what the exporter measured for a reduced one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Precision {
+    #[serde(default = "default_dtype")]
+    pub dtype: String,
+    #[serde(default)]
+    pub quantization: Option<String>,
+    /// Tolerance `rewardrt verify` applies against the float32 PyTorch reference (reduced precision only).
+    #[serde(default)]
+    pub verify_tolerance: Option<f32>,
+    /// Drift against PyTorch and float32 ONNX, flip rate and pair counts, as the exporter wrote them.
+    #[serde(flatten)]
+    pub measured: BTreeMap<String, serde_json::Value>,
 }
 
 fn default_dtype() -> String {
@@ -106,6 +135,19 @@ pub struct HeadSpec {
     pub shape: [usize; 2],
     #[serde(default)]
     pub labels: Option<Vec<String>>,
+    /// Reward normalisation carried by the source model; applied only when asked for.
+    #[serde(default)]
+    pub normalization: Option<Normalization>,
+}
+
+/// `(r - mean) / std` per output, from the source model's config (e.g. OpenRLHF's `mean`/`std`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Normalization {
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+    /// Where the exporter found the values.
+    #[serde(default)]
+    pub source: Option<String>,
 }
 
 /// Tokenizer file and special ids.
@@ -241,11 +283,36 @@ impl ModelDir {
                 return fail(format!("head.labels has {} names for k = {k} outputs", labels.len()));
             }
         }
-        if m.backbone.dtype != "float32" {
+        if !matches!(m.backbone.dtype.as_str(), "float32" | "float16") {
             return fail(format!(
-                "backbone.dtype `{}` is not supported (float32 only)",
+                "backbone.dtype `{}` is not supported (float32 or float16)",
                 m.backbone.dtype
             ));
+        }
+        if let Some(q) = m.backbone.quantization.as_deref().filter(|q| *q != "int8") {
+            return fail(format!("backbone.quantization `{q}` is not supported (int8 or null)"));
+        }
+        if let Some(layers) = &m.backbone.layer_outputs {
+            if layers.is_empty() || layers.iter().any(|l| l.is_empty()) {
+                return fail("backbone.layer_outputs must list at least one output name".into());
+            }
+        }
+        if let Some(n) = &m.head.normalization {
+            if n.mean.len() != k || n.std.len() != k {
+                return fail(format!(
+                    "head.normalization has {} means and {} stds for k = {k} outputs",
+                    n.mean.len(),
+                    n.std.len()
+                ));
+            }
+            if let Some(bad) = n.std.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+                return fail(format!(
+                    "head.normalization.std has {bad}; every std must be finite and positive"
+                ));
+            }
+            if let Some(bad) = n.mean.iter().find(|m| !m.is_finite()) {
+                return fail(format!("head.normalization.mean has {bad}; every mean must be finite"));
+            }
         }
         if m.max_length == 0 {
             return fail("max_length must be positive".into());

@@ -43,6 +43,8 @@ pub struct ScorerOptions {
     pub max_length: Option<usize>,
     /// ONNX Runtime library to load instead of the resolution order in [`crate::runtime`].
     pub ort_library: Option<PathBuf>,
+    /// Apply the model's reward normalisation `(r - mean) / std` (default false: raw rewards).
+    pub normalize: bool,
 }
 
 impl Default for ScorerOptions {
@@ -56,6 +58,7 @@ impl Default for ScorerOptions {
             last_token: None,
             max_length: None,
             ort_library: None,
+            normalize: false,
         }
     }
 }
@@ -103,6 +106,13 @@ impl ScorerOptions {
         self
     }
 
+    /// Applies the model's reward normalisation (`head.normalization` in the manifest; loading fails when the
+    /// model has none).
+    pub fn with_normalize(mut self, normalize: bool) -> Self {
+        self.normalize = normalize;
+        self
+    }
+
     /// Loads ONNX Runtime from this file.
     pub fn with_ort_library(mut self, path: impl Into<PathBuf>) -> Self {
         self.ort_library = Some(path.into());
@@ -112,6 +122,14 @@ impl ScorerOptions {
 
 /// Rewards of one record: `k` values, one per head output.
 pub type Rewards = Vec<f32>;
+
+/// One record's rewards with, when asked for, a layer's hidden state at the scored token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scored {
+    pub rewards: Rewards,
+    /// Layer `n`'s hidden state at the scored position (see [`Scorer::score_with_layer`]).
+    pub hidden: Option<Vec<f32>>,
+}
 
 /// Where time went and how much padding a [`Scorer::score_detailed`] call cost.
 #[derive(Debug, Clone, Copy, Default)]
@@ -167,7 +185,17 @@ impl Scorer {
             m.tokenizer.add_special_tokens,
             max_length,
         )?;
-        let head = RewardHead::load(&model.path(&m.head.file), &m.head)?;
+        let mut head = RewardHead::load(&model.path(&m.head.file), &m.head)?;
+        if options.normalize {
+            let norm = m.head.normalization.as_ref().ok_or_else(|| {
+                Error::model(
+                    model.manifest_path(),
+                    "normalisation requested, but the model carries none (head.normalization is null: the \
+                     source config had no mean/std)",
+                )
+            })?;
+            head = head.with_normalization(&norm.mean, &norm.std);
+        }
         let runtime = runtime::runtime(options.ort_library.as_deref())?;
         let backbone = Backbone::load(
             &model,
@@ -223,6 +251,29 @@ impl Scorer {
         Ok((rewards, stats))
     }
 
+    /// Scores `inputs` and also returns layer `layer`'s hidden state at each record's scored token, for probing.
+    /// Layer 0 is the embeddings and the last layer is the top one (the state the reward head reads); the
+    /// model must have been exported with `--all-layers`.
+    ///
+    /// # Errors
+    /// A layer the graph does not output (outer error), or as [`Scorer::score`].
+    pub fn score_with_layer(&self, inputs: &[Input], layer: usize) -> Result<Vec<Result<Scored>>> {
+        let layers = self.backbone.layer_count();
+        if layer >= layers {
+            let message = if layers == 0 {
+                format!("layer {layer}: the graph has no per-layer outputs (export it with --all-layers)")
+            } else {
+                format!("layer {layer}: the graph outputs layers 0..={}", layers - 1)
+            };
+            return Err(Error::model(
+                self.model.path(&self.model.manifest.backbone.file),
+                message,
+            ));
+        }
+        let encoded = self.encode(inputs);
+        self.score_encoded_with(encoded, Some(layer)).map(|(scored, _)| scored)
+    }
+
     /// Formats and tokenizes `inputs` as the scorer would; entry `i` is input `i`'s token ids or its error.
     pub fn encode(&self, inputs: &[Input]) -> Vec<Result<Vec<i64>>> {
         let texts: Vec<Cow<'_, str>> = inputs.iter().map(|i| self.formatter.format(i)).collect();
@@ -235,11 +286,21 @@ impl Scorer {
     /// # Errors
     /// As [`Scorer::score`].
     pub fn score_encoded(&self, encoded: Vec<Result<Vec<i64>>>) -> Result<(Vec<Result<Rewards>>, ScoreStats)> {
+        let (scored, stats) = self.score_encoded_with(encoded, None)?;
+        let rewards = scored.into_iter().map(|r| r.map(|s| s.rewards)).collect();
+        Ok((rewards, stats))
+    }
+
+    fn score_encoded_with(
+        &self,
+        encoded: Vec<Result<Vec<i64>>>,
+        probe: Option<usize>,
+    ) -> Result<(Vec<Result<Scored>>, ScoreStats)> {
         let mut stats = ScoreStats {
             sequences: encoded.len(),
             ..ScoreStats::default()
         };
-        let mut out: Vec<Option<Result<Rewards>>> = Vec::with_capacity(encoded.len());
+        let mut out: Vec<Option<Result<Scored>>> = Vec::with_capacity(encoded.len());
         let mut ids: Vec<Option<Vec<i64>>> = Vec::with_capacity(encoded.len());
         let mut lengths = Vec::with_capacity(encoded.len());
         for (i, e) in encoded.into_iter().enumerate() {
@@ -266,7 +327,10 @@ impl Scorer {
             stats.padded_tokens += batch.rows() * batch.width();
             let (rows, timing) = self
                 .backbone
-                .run(&batch, self.last_token, self.pad_id, |_, h| self.head.apply(h))?;
+                .run(&batch, self.last_token, self.pad_id, probe, |_, h, p| Scored {
+                    rewards: self.head.apply(h),
+                    hidden: p.map(|p| p.to_vec()),
+                })?;
             stats.backbone += timing.backbone;
             stats.select_head += timing.select_head;
             for (&index, row) in members.iter().zip(rows) {
@@ -322,6 +386,11 @@ impl Scorer {
     /// The last-token rule in force.
     pub fn last_token(&self) -> LastTokenRule {
         self.last_token
+    }
+
+    /// True when rewards are normalised with the model's `mean`/`std`.
+    pub fn normalizes(&self) -> bool {
+        self.head.normalizes()
     }
 
     /// The token limit in force.

@@ -4,14 +4,28 @@
 //! check compares our tokenization with those ids (a tokenizer drift is reported as such, not as a numeric
 //! difference) and our rewards with PyTorch's, with one reward per output label.
 
-use std::{io::BufRead, path::PathBuf};
+use std::{
+    io::BufRead,
+    path::{Path, PathBuf},
+};
 
 use serde::Deserialize;
 
 use crate::{Error, Input, Result, Scorer};
 
-/// Default tolerance on the absolute reward difference.
+/// Default tolerance on the absolute reward difference (float32 graphs).
 pub const DEFAULT_TOLERANCE: f32 = 1e-4;
+
+/// The tolerance for this model: the exporter's `precision.verify_tolerance` for a reduced-precision graph
+/// (float16, int8), else [`DEFAULT_TOLERANCE`].
+pub fn default_tolerance(model: &crate::ModelDir) -> f32 {
+    model
+        .manifest
+        .precision
+        .as_ref()
+        .and_then(|p| p.verify_tolerance)
+        .unwrap_or(DEFAULT_TOLERANCE)
+}
 
 /// One row of `reference.jsonl`.
 #[derive(Debug, Clone, Deserialize)]
@@ -25,6 +39,9 @@ pub struct ReferenceRow {
     pub text: Option<String>,
     pub input_ids: Vec<i64>,
     pub rewards: Vec<f32>,
+    /// PyTorch's `hidden_states[n]` at the scored token, for each layer `n` (graphs exported with all layers).
+    #[serde(default)]
+    pub layer_states: Option<Vec<Vec<f32>>>,
 }
 
 impl ReferenceRow {
@@ -49,13 +66,20 @@ pub struct VerifyReport {
     pub worst: Option<serde_json::Value>,
     /// Records whose token ids differ from the reference's.
     pub token_mismatches: Vec<serde_json::Value>,
+    /// Layers whose hidden states were compared (0 when the graph or the reference has none).
+    pub layers_checked: usize,
+    /// Largest difference over every compared layer state.
+    pub max_abs_diff_layers: f32,
     pub tolerance: f32,
 }
 
 impl VerifyReport {
     /// True when tokens match everywhere and every difference is within tolerance.
     pub fn passed(&self) -> bool {
-        self.token_mismatches.is_empty() && self.max_abs_diff <= self.tolerance && self.records > 0
+        self.token_mismatches.is_empty()
+            && self.max_abs_diff <= self.tolerance
+            && self.max_abs_diff_layers <= self.tolerance
+            && self.records > 0
     }
 }
 
@@ -135,13 +159,46 @@ pub fn verify(scorer: &Scorer, tolerance: f32) -> Result<VerifyReport> {
             n += 1;
         }
     }
+    let (layers_checked, max_abs_diff_layers) = verify_layers(scorer, &file, &rows, &inputs)?;
     Ok(VerifyReport {
         file,
         records: rows.len(),
+        layers_checked,
+        max_abs_diff_layers,
         max_abs_diff: max,
         mean_abs_diff: if n == 0 { 0.0 } else { (sum / n as f64) as f32 },
         worst,
         token_mismatches,
         tolerance,
     })
+}
+
+/// Compares each layer's state at the scored token with PyTorch's, when both the graph and the reference have
+/// them; returns (layers compared, largest difference).
+fn verify_layers(scorer: &Scorer, file: &Path, rows: &[ReferenceRow], inputs: &[Input]) -> Result<(usize, f32)> {
+    let layers = scorer.backbone().layer_count();
+    if layers == 0 || rows.iter().any(|r| r.layer_states.is_none()) {
+        return Ok((0, 0.0));
+    }
+    let mut max = 0f32;
+    for layer in 0..layers {
+        for (row, got) in rows.iter().zip(scorer.score_with_layer(inputs, layer)?) {
+            let expected = row.layer_states.as_ref().and_then(|s| s.get(layer));
+            let got = got?.hidden.unwrap_or_default();
+            let Some(expected) = expected.filter(|e| e.len() == got.len()) else {
+                return Err(Error::model(
+                    file,
+                    format!(
+                        "record {}: `layer_states` has no layer {layer} state of the graph's size",
+                        row.id
+                    ),
+                ));
+            };
+            for (a, b) in got.iter().zip(expected) {
+                let d = (a - b).abs();
+                max = max.max(if d.is_nan() { f32::INFINITY } else { d });
+            }
+        }
+    }
+    Ok((layers, max))
 }

@@ -205,3 +205,98 @@ def assert_rewardrt_verify_passes(model_dir: Path):
 @pytest.mark.skipif(not os.environ.get("REWARDRT_BIN"), reason="REWARDRT_BIN not set")
 def test_rewardrt_verify_passes_on_the_export(exported):
     assert_rewardrt_verify_passes(exported[0])
+
+
+def test_all_layers_outputs_every_hidden_state(tiny_llama, tmp_path):
+    import onnx
+
+    manifest = export.export_model(tiny_llama, tmp_path / "out", all_layers=True, log=quiet)
+    names = ["hidden_states.0", "hidden_states.1", "hidden_states.2"]
+    assert manifest["backbone"]["layer_outputs"] == names
+    graph = onnx.load(str(tmp_path / "out" / "backbone.onnx")).graph
+    assert [o.name for o in graph.output] == ["last_hidden_state", *names]
+    for side in ("right", "left"):
+        assert manifest["parity"][f"max_abs_diff_layers_{side}_padding"] <= 1e-4
+    row = json.loads((tmp_path / "out" / "reference.jsonl").read_text().splitlines()[0])
+    assert len(row["layer_states"]) == 3 and len(row["layer_states"][0]) == 32
+    if os.environ.get("REWARDRT_BIN"):
+        assert_rewardrt_verify_passes(tmp_path / "out")
+
+
+@pytest.mark.parametrize("options", [{"dtype": "float16"}, {"quantize": "int8"}], ids=["float16", "int8"])
+def test_reduced_precision_records_drift_and_flip_rate(tiny_llama, tmp_path, options):
+    records = [
+        {"id": "a-good", "prompt": "What is the capital of France?", "response": " Paris."},
+        {"id": "a-bad", "prompt": "What is the capital of France?", "response": " The quick brown fox jumps."},
+        {"id": "b-good", "prompt": "Hello", "response": " there, how are you today?"},
+        {"id": "b-bad", "prompt": "Hello", "response": " 0123"},
+    ]
+    manifest = export.export_model(tiny_llama, tmp_path / "out", records=records, log=quiet, **options)
+    p = manifest["precision"]
+    assert p["dtype"] == options.get("dtype", "float32") and p["quantization"] == options.get("quantize")
+    assert manifest["backbone"]["dtype"] == p["dtype"] and manifest["backbone"]["quantization"] == p["quantization"]
+    assert p["pairs"] == 2 and p["pair_source"] == "records sharing a prompt"
+    assert 0.0 <= p["flip_rate"] <= 1.0
+    assert 0 < p["drift_vs_pytorch"]["max_abs"] <= p["verify_tolerance"]
+    assert p["drift_vs_onnx_float32"]["max_abs"] > 0, "the graph really changed precision"
+    if options.get("dtype") == "float16":
+        import onnx
+
+        graph = onnx.load(str(tmp_path / "out" / "backbone.onnx")).graph
+        assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.initializer)
+        assert p["batch_dependence_max_abs"] <= 1e-5
+    if os.environ.get("REWARDRT_BIN"):
+        assert_rewardrt_verify_passes(tmp_path / "out")
+
+
+def test_precision_gate_rejects_excess_drift(tiny_llama, tmp_path):
+    with pytest.raises(export.ExportError, match="drifts .* above the precision tolerance"):
+        export.export_model(tiny_llama, tmp_path / "out", quantize="int8", precision_tolerance=1e-6, log=quiet)
+    assert not (tmp_path / "out" / "rewardrt.json").exists()
+
+
+def test_quantize_and_float16_do_not_combine(tiny_llama, tmp_path):
+    with pytest.raises(export.ExportError, match="do not combine"):
+        export.export_model(tiny_llama, tmp_path / "out", quantize="int8", dtype="float16", log=quiet)
+
+
+def test_optimizer_pass_is_kept_only_with_parity(tiny_llama, tmp_path):
+    manifest = export.export_model(tiny_llama, tmp_path / "out", optimize=True, log=quiet)
+    opt = manifest["optimization"]
+    assert opt["kept"] and opt["fused_operators"], opt
+    assert opt["parity"]["max_abs_diff_left_padding"] <= 1e-4
+
+
+def test_optimizer_pass_failing_the_gate_is_dropped(tiny_llama, tmp_path, monkeypatch):
+    real = export.optimize_graph
+
+    def breaking(src, dst, config, external):
+        import onnx
+        import numpy as np
+        from onnx import numpy_helper
+
+        fused = real(src, dst, config, external)
+        model = onnx.load(str(dst))
+        big = max(model.graph.initializer, key=lambda t: len(t.raw_data) if t.raw_data else 0)
+        big.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(big) * np.float32(1.5), big.name))
+        onnx.save(model, str(dst))
+        return fused
+
+    monkeypatch.setattr(export, "optimize_graph", breaking)
+    manifest = export.export_model(tiny_llama, tmp_path / "out", optimize=True, log=quiet)
+    assert manifest["optimization"]["kept"] is False
+    assert "parity gate" in manifest["optimization"]["reason"]
+    assert manifest["parity"]["max_abs_diff_right_padding"] <= 1e-4
+
+
+def test_checkpoint_bias_and_normalisation_stats(tmp_path):
+    hf = tinymodels.make_llama_rm(tmp_path / "hf", seed=7, mean=0.25, std=4.0)
+    tinymodels.add_head_bias(hf, [1.5])
+    manifest = export.export_model(hf, tmp_path / "out", log=quiet)
+    assert manifest["head"]["bias"] == "bias"
+    assert manifest["head"]["normalization"] == {"mean": [0.25], "std": [4.0], "source": "config.json `mean`/`std`"}
+    without = export.export_model(tinymodels.make_llama_rm(tmp_path / "hf2", seed=7), tmp_path / "out2", log=quiet)
+    assert without["head"]["bias"] is None and without["head"]["normalization"] is None
+    with_bias = [json.loads(line)["rewards"][0] for line in (tmp_path / "out" / "reference.jsonl").read_text().splitlines()]
+    no_bias = [json.loads(line)["rewards"][0] for line in (tmp_path / "out2" / "reference.jsonl").read_text().splitlines()]
+    assert np.allclose(np.array(with_bias) - np.array(no_bias), 1.5, atol=1e-5), "PyTorch's reference includes the bias"

@@ -274,3 +274,70 @@ fn broken_onnxruntime_library_is_an_error_not_a_panic() {
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn score_layer_and_normalize_options() {
+    let probe = crate::fixture("tiny-llama-probe").display().to_string();
+    let input = b"{\"id\":\"a\",\"text\":\"Hello there\"}\n";
+    let plain = rewardrt(&["score", "--model", &probe, "--ep", "cpu"], input);
+    assert!(plain.status.success(), "{}", String::from_utf8_lossy(&plain.stderr));
+    let plain = &lines(&plain)[0];
+    assert!(plain.get("hidden").is_none(), "hidden only when asked: {plain}");
+
+    let probed = rewardrt(&["score", "--model", &probe, "--ep", "cpu", "--layer", "1"], input);
+    assert!(probed.status.success(), "{}", String::from_utf8_lossy(&probed.stderr));
+    let probed = &lines(&probed)[0];
+    assert_eq!(probed["hidden"].as_array().map(Vec::len), Some(32));
+    assert_eq!(probed["rewards"], plain["rewards"], "probing leaves the rewards alone");
+
+    let normalized = rewardrt(&["score", "--model", &probe, "--ep", "cpu", "--normalize"], input);
+    let normalized = &lines(&normalized)[0];
+    let raw0 = plain["rewards"][0].as_f64().unwrap();
+    let norm0 = normalized["rewards"][0].as_f64().unwrap();
+    assert!(
+        (norm0 - (raw0 - 0.5) / 2.0).abs() < 1e-5,
+        "{norm0} vs ({raw0} - 0.5) / 2"
+    );
+
+    let missing = rewardrt(&["score", "--model", &model(), "--ep", "cpu", "--layer", "0"], input);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("--all-layers"));
+}
+
+#[test]
+fn verify_uses_the_recorded_tolerance_of_a_quantised_graph() {
+    let dir = crate::fixture("tiny-llama-int8").display().to_string();
+    let out = rewardrt(&["verify", "--model", &dir, "--ep", "cpu"], b"");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("precision      int8 graph"), "{stdout}");
+    assert!(stdout.contains("PASS (tolerance 2e-1)"), "{stdout}");
+    // A tolerance given on the command line wins: float32's 1e-4 rejects the int8 drift.
+    let strict = rewardrt(&["verify", "--model", &dir, "--ep", "cpu", "--tolerance", "1e-4"], b"");
+    assert_eq!(strict.status.code(), Some(1));
+}
+
+#[test]
+fn score_stats_file_reports_the_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let stats = tmp.path().join("stats.json");
+    let input = b"{\"prompt\":\"What is 3+3?\",\"response\":\"6\"}\n{\"prompt\":\"What is 3+4?\",\"response\":\"7\"}\n";
+    let out = rewardrt(
+        &[
+            "score",
+            "--model",
+            &model(),
+            "--ep",
+            "cpu",
+            "--stats",
+            stats.to_str().unwrap(),
+        ],
+        input,
+    );
+    assert!(out.status.success());
+    let stats: Value = serde_json::from_str(&std::fs::read_to_string(stats).unwrap()).unwrap();
+    assert_eq!(stats["records"], 2);
+    assert_eq!(stats["execution_provider"], "CPU");
+    assert_eq!(stats["threads"], 1);
+    assert!(stats["records_per_second"].as_f64().unwrap() > 0.0);
+}

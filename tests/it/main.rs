@@ -7,6 +7,8 @@ mod ep;
 mod invariance;
 mod model_dir;
 mod parity;
+mod precision;
+mod probe;
 
 use std::{
     fs,
