@@ -300,3 +300,57 @@ def test_checkpoint_bias_and_normalisation_stats(tmp_path):
     with_bias = [json.loads(line)["rewards"][0] for line in (tmp_path / "out" / "reference.jsonl").read_text().splitlines()]
     no_bias = [json.loads(line)["rewards"][0] for line in (tmp_path / "out2" / "reference.jsonl").read_text().splitlines()]
     assert np.allclose(np.array(with_bias) - np.array(no_bias), 1.5, atol=1e-5), "PyTorch's reference includes the bias"
+
+
+@pytest.mark.skipif(not os.environ.get("REWARDRT_BIN"), reason="REWARDRT_BIN not set")
+def test_compare_native_reports_parity_speed_and_memory(exported, tiny_llama, tmp_path):
+    import compare_native
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(
+        "\n".join(
+            json.dumps(r)
+            for r in [
+                {"prompt": "What is the capital of France?", "chosen": " Paris.", "rejected": " The quick brown fox."},
+                {"prompt": "Hello", "chosen": " there, how are you?", "rejected": " 0123"},
+                {"prompt": "Say something", "chosen": " a", "rejected": " Reward models score pairs."},
+            ]
+        )
+        + "\n"
+    )
+    out = tmp_path / "compare.json"
+    script = Path(compare_native.__file__)
+    cmd = [sys.executable, str(script), "--hf", str(tiny_llama), "--model", str(exported[0]), "--input", str(pairs),
+           "--threads", "1", "--repeat", "1", "--bench-records", "60", "--rewardrt", os.environ["REWARDRT_BIN"],
+           "--json", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "pairwise agreement" in result.stdout and "1 intra-op thread(s) on both sides" in result.stdout
+    report = json.loads(out.read_text())
+    assert report["records"] == 6 and report["pairs"] == 3 and report["timed_records"] == 60
+    assert report["max_abs_diff"] <= 1e-4
+    assert report["spearman"][0] > 0.999
+    assert report["pairwise_agreement"] == 1.0
+    assert report["pytorch"]["threads"] == 1 and report["threads"] == 1
+    for side in ("rewardrt", "pytorch"):
+        assert report[side]["sequences_per_second"] > 0 and report[side]["peak_rss_mib"] > 1
+    assert report["speedup"] == pytest.approx(
+        report["rewardrt"]["sequences_per_second"] / report["pytorch"]["sequences_per_second"]
+    )
+
+
+def test_compare_native_input_errors_name_the_line(tmp_path):
+    import compare_native
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "p", "response": "r"}\n{"prompt": "only a prompt"}\n')
+    with pytest.raises(compare_native.CompareError, match=r"bad.jsonl:2: needs"):
+        compare_native.read_input(bad)
+
+
+def test_spearman_handles_ties():
+    import compare_native
+
+    assert compare_native.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert compare_native.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert compare_native.spearman([1, 1, 2, 3], [5, 5, 6, 7]) == pytest.approx(1.0)
