@@ -91,19 +91,24 @@ def test_reference_rewards_are_pytorch_logits(exported, tiny_llama):
     assert np.max(np.abs(logits - expected)) <= 1e-4
 
 
-def test_left_padding_equals_no_padding_through_onnx(exported):
+def assert_left_padding_equals_no_padding(out: Path, manifest: dict):
     import onnxruntime
     import safetensors.numpy
 
-    out, manifest = exported
     session = onnxruntime.InferenceSession(str(out / "backbone.onnx"), providers=["CPUExecutionProvider"])
     head = safetensors.numpy.load_file(str(out / "reward_head.safetensors"))
     rows = [json.loads(line) for line in (out / "reference.jsonl").read_text().splitlines()]
     seqs = [r["input_ids"] for r in rows]
-    pad = manifest["tokenizer"]["pad_id"]
-    alone = np.concatenate([export.onnx_rewards(session, head, [s], pad, "right") for s in seqs])
-    left = export.onnx_rewards(session, head, seqs, pad, "left")
+    assert len({len(s) for s in seqs}) > 1, "left padding must really happen"
+    pad, rule = manifest["tokenizer"]["pad_id"], manifest["last_token"]
+    alone = np.concatenate([export.onnx_rewards(session, head, [s], pad, "right", rule) for s in seqs])
+    left = export.onnx_rewards(session, head, seqs, pad, "left", rule)
     assert np.max(np.abs(alone - left)) <= 1e-5
+
+
+def test_left_padding_equals_no_padding_through_onnx(exported):
+    out, manifest = exported
+    assert_left_padding_equals_no_padding(out, manifest)
 
 
 def test_multi_label_head_and_label_names(tmp_path):
@@ -146,6 +151,7 @@ def test_architecture_exports_with_parity_at_both_padding_sides(arch, tmp_path):
     assert manifest["parity"]["max_abs_diff_right_padding"] <= 1e-4
     assert manifest["parity"]["max_abs_diff_left_padding"] <= 1e-4
     assert manifest["backbone"]["hidden_size"] == 32
+    assert_left_padding_equals_no_padding(tmp_path / "out", manifest)
     if os.environ.get("REWARDRT_BIN"):
         assert_rewardrt_verify_passes(tmp_path / "out")
 
