@@ -111,11 +111,33 @@ def read_records(path: Path) -> list[dict]:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ExportError(f"{path}:{line_no}: invalid JSON: {e}") from e
-            if "text" not in record and not ("prompt" in record and "response" in record):
-                raise ExportError(f"{path}:{line_no}: record needs `text` or both `prompt` and `response`")
+            if "text" not in record and "messages" not in record and not ("prompt" in record and "response" in record):
+                raise ExportError(f"{path}:{line_no}: record needs `text`, `messages`, or both `prompt` and `response`")
             record.setdefault("id", f"{path.stem}-{line_no}")
             records.append(record)
     return records
+
+
+def source_chat_template(model_dir: Path) -> str | None:
+    """The source model's chat template, where transformers finds it: ``chat_template.jinja``, else
+    ``tokenizer_config.json``'s ``chat_template``."""
+    if (model_dir / "chat_template.jinja").is_file():
+        return (model_dir / "chat_template.jinja").read_text(encoding="utf-8")
+    config = model_dir / "tokenizer_config.json"
+    if config.is_file():
+        template = json.loads(config.read_text(encoding="utf-8")).get("chat_template")
+        if isinstance(template, list):
+            template = next((t["template"] for t in template if t.get("name") == "default"), None)
+        return template
+    return None
+
+
+def without_double_bos(ids: list[int], bos_id: int | None, added: bool) -> list[int]:
+    """The runtime's double-BOS rule (``src/batch.rs``): when the tokenizer added BOS to a text that already
+    starts with one, drop the extra one."""
+    if added and bos_id is not None and len(ids) >= 2 and ids[0] == ids[1] == bos_id:
+        return ids[1:]
+    return ids
 
 
 def load_hf_model(model_dir: Path):
@@ -435,6 +457,7 @@ def export_model(
     quantize: str | None = None,
     optimize: bool = False,
     precision_tolerance: float | None = None,
+    chat_template: bool | None = None,
     log=print,
 ) -> dict:
     """Export ``model_dir`` into ``out_dir`` and return the manifest. Raises ExportError on any failure."""
@@ -485,13 +508,39 @@ def export_model(
     if max_length is None:
         max_length = int(getattr(config, "max_position_embeddings", 2048))
 
+    source_template = source_chat_template(model_dir)
+    if chat_template is None:
+        chat_template = source_template is not None
+    if chat_template and source_template is None:
+        raise ExportError(f"{model_dir}: --chat-template needs a chat template (chat_template.jinja or "
+                          "tokenizer_config.json `chat_template`)")
+    hf_tokenizer = None
+    if source_template is not None:
+        from transformers import AutoTokenizer
+
+        hf_tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+
     records = [dict(r) for r in (records or DEFAULT_RECORDS)]
     for i, r in enumerate(records):
         r.setdefault("id", f"record-{i}")
     tokenized = []
     for r in records:
-        text = format_record(r, template)
-        ids = tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+        # Chat-templated records are tokenized by transformers itself (apply_chat_template: no added special
+        # tokens), so the reference ids are what transformers feeds the model; text is mirrored from the runtime.
+        if "messages" in r or ("text" not in r and chat_template):
+            if hf_tokenizer is None:
+                raise ExportError(f"record {r['id']}: `messages` records need a chat template and the model has none")
+            messages = r.get("messages") or [
+                {"role": "user", "content": r["prompt"]},
+                {"role": "assistant", "content": r["response"]},
+            ]
+            text = hf_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+            out = hf_tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=False)
+            ids = list(out["input_ids"] if hasattr(out, "keys") else out)
+        else:
+            text = format_record(r, template)
+            ids = tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+            ids = without_double_bos(ids, bos_id, add_special_tokens)
         if not ids:
             raise ExportError(f"record {r['id']}: tokenizes to no tokens")
         if len(ids) > max_length:
@@ -648,7 +697,7 @@ def export_model(
         # 6. Reference records with the rewards PyTorch computed.
         with open(tmp / "reference.jsonl", "w", encoding="utf-8") as f:
             for i, (t, r) in enumerate(zip(tokenized, reference)):
-                row = {k: v for k, v in t.record.items() if k in ("id", "prompt", "response", "text")}
+                row = {k: v for k, v in t.record.items() if k in ("id", "prompt", "response", "text", "messages")}
                 row["input_ids"] = t.ids
                 row["rewards"] = [float(x) for x in r]
                 if layer_reference is not None:
@@ -692,7 +741,7 @@ def export_model(
                 "bos_id": None if bos_id is None else int(bos_id),
                 "eos_id": None if eos_id is None else int(eos_id),
             },
-            "format": {"template": template},
+            "format": {"template": template, "chat_template": bool(chat_template)},
             "padding_side": padding_side,
             "last_token": last_token,
             "max_length": int(max_length),
@@ -729,7 +778,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, type=Path, help="local Hugging Face *ForSequenceClassification directory")
     parser.add_argument("--out", required=True, type=Path, help="model directory to write")
-    parser.add_argument("--template", default="{prompt}{response}", help="text format for prompt/response records")
+    parser.add_argument("--template", default="{prompt}{response}", help="text format for prompt/response records "
+                        "(when the model has no chat template, or with --no-chat-template)")
+    parser.add_argument("--no-chat-template", dest="chat_template", action="store_false", default=None,
+                        help="format prompt/response records with --template even though the model has a chat template")
     parser.add_argument("--records", type=Path, help="JSONL records for the parity gate and reference.jsonl")
     parser.add_argument("--padding-side", choices=["right", "left"], default="right", help="runtime default padding side")
     parser.add_argument("--max-length", type=int, help="token limit (default: max_position_embeddings)")
@@ -778,6 +830,7 @@ def main(argv=None) -> int:
             quantize=args.quantize,
             optimize=args.optimize,
             precision_tolerance=args.precision_tolerance,
+            chat_template=args.chat_template,
         )
     except ExportError as e:
         print(f"error: {e}", file=sys.stderr)

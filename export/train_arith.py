@@ -137,8 +137,23 @@ def reference_records(seed: int) -> list[dict]:
     return records
 
 
+def write_tokenizer_config(hf_dir: Path) -> None:
+    """Special tokens and the chat template (``export/templates/arith.jinja``): the same text as TEMPLATE, with
+    BOS written by the template, as transformers' ``apply_chat_template`` expects."""
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": "<s>",
+        "eos_token": "<|end|>",
+        "pad_token": "<pad>",
+        "unk_token": "<unk>",
+        "chat_template": (Path(__file__).resolve().parent / "templates" / "arith.jinja").read_text(),
+    }
+    (hf_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
 def export_bundled(hf_dir: Path, out: Path, seed: int) -> None:
-    export.export_model(hf_dir, out, template=TEMPLATE, records=reference_records(seed), max_length=64, name="arith-rm")
+    export.export_model(hf_dir, out, template=TEMPLATE, records=reference_records(seed), max_length=64, name="arith-rm",
+                        chat_template=(Path(hf_dir) / "tokenizer_config.json").is_file())
 
 
 def main(argv=None) -> int:
@@ -233,6 +248,7 @@ def main(argv=None) -> int:
         hf_dir = args.hf_out or Path(tmp) / "arith-rm-hf"
         model.save_pretrained(hf_dir)
         tok.save(str(Path(hf_dir) / "tokenizer.json"))
+        write_tokenizer_config(Path(hf_dir))
         export_bundled(hf_dir, args.out, args.seed)
 
     stats = {

@@ -1,24 +1,51 @@
 //! Tokenization and batching: texts become padded `input_ids`, `attention_mask` and `position_ids` batches.
 //!
 //! Records are tokenized with the model's own `tokenizer.json` (its padding and truncation settings are
-//! switched off: both are decided here). A record longer than `max_length` is an error for that record, never
-//! silently cut, because the scored token is the last one. Records are grouped by length to cut padding and
+//! switched off: both are decided here). A record longer than `max_length` is an error for that record, or with
+//! [`Truncation::Left`] loses prompt tokens from its start; never its end, because the scored token is the last
+//! one. A BOS doubled by the tokenizer (text that already starts with BOS) is removed. Records are grouped by length to cut padding and
 //! each batch remembers which inputs it holds, so results return in input order. Position ids count real tokens
 //! only (`cumsum(mask) - 1`), so a sequence gets the same positions whatever its padding.
 
 use std::path::Path;
 
 use ndarray::Array2;
-use tokenizers::Tokenizer;
+use serde::{Deserialize, Serialize};
+use tokenizers::{Encoding, Tokenizer};
 
-use crate::{manifest::PaddingSide, Error, Result};
+use crate::{format::Formatted, manifest::PaddingSide, Error, Result};
+
+/// What happens to a record longer than the token limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+pub enum Truncation {
+    /// The record fails with an error naming its length; the others are scored.
+    #[default]
+    Error,
+    /// Drop prompt tokens from the start (after any leading special tokens) until it fits; the template's
+    /// tokens and the response are kept, so the scored token is still the real last one. A record that does
+    /// not fit even without its prompt fails.
+    Left,
+}
+
+/// One record's token ids and what was done to them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoded {
+    pub ids: Vec<i64>,
+    /// Prompt tokens dropped by left truncation (0 when the record fit).
+    pub dropped: usize,
+    /// True when the text began with BOS and the tokenizer added another, and the extra one was removed.
+    pub double_bos: bool,
+}
 
 /// The model's tokenizer with the manifest's settings.
 #[derive(Debug, Clone)]
 pub struct Encoder {
     tokenizer: Tokenizer,
-    add_special_tokens: bool,
     max_length: usize,
+    bos_id: Option<u32>,
+    truncation: Truncation,
 }
 
 impl Encoder {
@@ -26,7 +53,7 @@ impl Encoder {
     ///
     /// # Errors
     /// [`Error::Tokenizer`] naming the file.
-    pub fn load(path: &Path, add_special_tokens: bool, max_length: usize) -> Result<Encoder> {
+    pub fn load(path: &Path, max_length: usize) -> Result<Encoder> {
         let mut tokenizer = Tokenizer::from_file(path).map_err(|source| Error::Tokenizer {
             path: path.to_path_buf(),
             source,
@@ -37,9 +64,23 @@ impl Encoder {
             .expect("disabling truncation cannot fail");
         Ok(Encoder {
             tokenizer,
-            add_special_tokens,
             max_length,
+            bos_id: None,
+            truncation: Truncation::Error,
         })
+    }
+
+    /// Removes a doubled BOS (`bos_id` twice at the start) that the tokenizer's own BOS would add to a text
+    /// that already starts with one.
+    pub fn with_bos_id(mut self, bos_id: Option<u32>) -> Self {
+        self.bos_id = bos_id;
+        self
+    }
+
+    /// Sets the over-length policy.
+    pub fn with_truncation(mut self, truncation: Truncation) -> Self {
+        self.truncation = truncation;
+        self
     }
 
     /// The token limit per record.
@@ -47,48 +88,115 @@ impl Encoder {
         self.max_length
     }
 
+    /// The over-length policy.
+    pub fn truncation(&self) -> Truncation {
+        self.truncation
+    }
+
     /// Token ids of each text, or that record's error (`index` is the position in `texts`).
-    pub fn encode(&self, texts: &[&str]) -> Vec<Result<Vec<i64>>> {
-        let encoded = match self.tokenizer.encode_batch(texts.to_vec(), self.add_special_tokens) {
-            Ok(all) => all.into_iter().map(Ok).collect::<Vec<_>>(),
-            // One failing text fails the batch call: redo them one by one to blame only the culprits.
-            Err(_) => texts
-                .iter()
-                .map(|&t| self.tokenizer.encode(t, self.add_special_tokens))
-                .collect(),
-        };
-        encoded
+    pub fn encode(&self, texts: &[Formatted<'_>]) -> Vec<Result<Encoded>> {
+        let mut encodings: Vec<Option<tokenizers::Result<Encoding>>> = (0..texts.len()).map(|_| None).collect();
+        for add_special in [true, false] {
+            let members: Vec<usize> = (0..texts.len())
+                .filter(|&i| texts[i].add_special_tokens == add_special)
+                .collect();
+            if members.is_empty() {
+                continue;
+            }
+            let batch: Vec<&str> = members.iter().map(|&i| texts[i].text.as_ref()).collect();
+            match self.tokenizer.encode_batch(batch, add_special) {
+                Ok(all) => {
+                    for (&i, enc) in members.iter().zip(all) {
+                        encodings[i] = Some(Ok(enc));
+                    }
+                }
+                // One failing text fails the batch call: redo them one by one to blame only the culprits.
+                Err(_) => {
+                    for &i in &members {
+                        encodings[i] = Some(self.tokenizer.encode(texts[i].text.as_ref(), add_special));
+                    }
+                }
+            }
+        }
+        encodings
             .into_iter()
+            .zip(texts)
             .enumerate()
-            .map(|(index, enc)| {
-                let enc = enc.map_err(|e| Error::Record {
+            .map(|(index, (enc, text))| {
+                let enc = enc.expect("every text encoded").map_err(|e| Error::Record {
                     index,
                     field: None,
                     message: format!("tokenization failed: {e}"),
                 })?;
-                let ids: Vec<i64> = enc.get_ids().iter().map(|&id| i64::from(id)).collect();
-                if ids.is_empty() {
-                    return Err(Error::Record {
-                        index,
-                        field: None,
-                        message: "text tokenizes to no tokens".into(),
-                    });
-                }
-                if ids.len() > self.max_length {
-                    return Err(Error::Record {
-                        index,
-                        field: None,
-                        message: format!(
-                            "{} tokens exceed max_length {}; refusing to cut the sequence because the reward is read \
-                             at its last token",
-                            ids.len(),
-                            self.max_length
-                        ),
-                    });
-                }
-                Ok(ids)
+                self.fit(index, &enc, text)
             })
             .collect()
+    }
+
+    /// Applies the double-BOS rule and the length policy to one encoding.
+    fn fit(&self, index: usize, enc: &Encoding, text: &Formatted<'_>) -> Result<Encoded> {
+        let fail = |message: String| Error::Record {
+            index,
+            field: None,
+            message,
+        };
+        let mut ids: Vec<u32> = enc.get_ids().to_vec();
+        let mut offsets = enc.get_offsets().to_vec();
+        let mut special = enc.get_special_tokens_mask().to_vec();
+        let double_bos = text.add_special_tokens
+            && self
+                .bos_id
+                .is_some_and(|bos| ids.len() >= 2 && ids[0] == bos && ids[1] == bos);
+        if double_bos {
+            ids.remove(0);
+            offsets.remove(0);
+            special.remove(0);
+        }
+        if ids.is_empty() {
+            return Err(fail("text tokenizes to no tokens".into()));
+        }
+        let excess = ids.len().saturating_sub(self.max_length);
+        let mut dropped = 0;
+        if excess > 0 {
+            if self.truncation == Truncation::Error {
+                return Err(fail(format!(
+                    "{} tokens exceed max_length {}; refusing to cut the sequence because the reward is read at its \
+                     last token (--truncation left drops prompt tokens instead)",
+                    ids.len(),
+                    self.max_length
+                )));
+            }
+            // Prompt tokens: real (not added) tokens lying wholly inside the prompt's byte ranges, earliest first.
+            let droppable: Vec<usize> = (0..ids.len())
+                .filter(|&t| {
+                    let (start, end) = offsets[t];
+                    special[t] == 0 && start < end && text.prompt.iter().any(|r| r.start <= start && end <= r.end)
+                })
+                .take(excess)
+                .collect();
+            if droppable.len() < excess {
+                return Err(fail(format!(
+                    "{} tokens exceed max_length {} and dropping the whole prompt ({} tokens) is not enough: the \
+                     response and template alone are too long",
+                    ids.len(),
+                    self.max_length,
+                    droppable.len()
+                )));
+            }
+            let mut drop = droppable.into_iter().peekable();
+            let mut t = 0;
+            ids.retain(|_| {
+                let gone = drop.next_if_eq(&t).is_some();
+                t += 1;
+                !gone
+            });
+            dropped = excess;
+        }
+        Ok(Encoded {
+            ids: ids.into_iter().map(i64::from).collect(),
+            dropped,
+            double_bos,
+        })
     }
 }
 

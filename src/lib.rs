@@ -28,6 +28,7 @@
 pub mod backbone;
 pub mod batch;
 pub mod bench;
+pub mod chat;
 pub mod ep;
 mod error;
 pub mod format;

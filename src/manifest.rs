@@ -178,12 +178,17 @@ fn yes() -> bool {
 pub struct FormatSpec {
     /// Text with `{prompt}` and `{response}` placeholders.
     pub template: String,
+    /// When true, `{prompt, response}` records are rendered with the model's chat template (a user turn and an
+    /// assistant turn) instead of `template`.
+    #[serde(default)]
+    pub chat_template: bool,
 }
 
 impl Default for FormatSpec {
     fn default() -> Self {
         FormatSpec {
             template: "{prompt}{response}".to_owned(),
+            chat_template: false,
         }
     }
 }

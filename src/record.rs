@@ -1,6 +1,7 @@
 //! Input records: what a user scores, and reading them from JSONL without losing good lines to bad ones.
 //!
-//! A record is `{"id"?, "prompt", "response"}` or `{"id"?, "text"}` (already formatted). Each JSONL line is
+//! A record is `{"id"?, "prompt", "response"}`, `{"id"?, "messages": [{"role", "content"}, …]}` (a conversation
+//! whose last message is the scored response) or `{"id"?, "text"}` (already formatted). Each JSONL line is
 //! parsed on its own: a malformed line, a missing or mistyped field, or invalid UTF-8 becomes a
 //! [`LineError`] naming the line and field, and the other lines are still returned.
 
@@ -8,11 +9,15 @@ use std::io::BufRead;
 
 use serde_json::Value;
 
+use crate::chat::Message;
+
 /// What to score.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Input {
     /// A prompt and a response, formatted by the model's template.
     Pair { prompt: String, response: String },
+    /// A conversation rendered by the model's chat template; the last message is the response scored.
+    Messages(Vec<Message>),
     /// Text already formatted as the model expects.
     Text(String),
 }
@@ -29,6 +34,11 @@ impl Input {
     /// An already formatted input.
     pub fn text(text: impl Into<String>) -> Self {
         Input::Text(text.into())
+    }
+
+    /// A conversation.
+    pub fn messages(messages: impl Into<Vec<Message>>) -> Self {
+        Input::Messages(messages.into())
     }
 }
 
@@ -136,6 +146,22 @@ pub fn parse_line(line: usize, bytes: &[u8]) -> Result<Record, LineError> {
             Some(other) => Err(err(&id, Some(field), format!("must be a string, got {}", kind(other)))),
         }
     };
+    if let Some(messages) = obj.get("messages") {
+        if ["text", "prompt", "response"].iter().any(|f| obj.contains_key(*f)) {
+            return Err(err(
+                &id,
+                Some("messages"),
+                "give one of `messages`, `prompt` + `response`, or `text`".into(),
+            ));
+        }
+        return parse_messages(messages)
+            .map(|m| Record {
+                line,
+                id: id.clone(),
+                input: Input::Messages(m),
+            })
+            .map_err(|message| err(&id, Some("messages"), message));
+    }
     let input = match (string("text")?, string("prompt")?, string("response")?) {
         (Some(text), None, None) => Input::Text(text),
         (Some(_), _, _) => {
@@ -151,6 +177,33 @@ pub fn parse_line(line: usize, bytes: &[u8]) -> Result<Record, LineError> {
         (None, None, None) => return Err(err(&id, None, "record needs `prompt` and `response`, or `text`".into())),
     };
     Ok(Record { line, id, input })
+}
+
+/// A non-empty array of `{"role": str, "content": str, …}`; the error names the message and field.
+pub fn parse_messages(v: &Value) -> Result<Vec<Message>, String> {
+    let Value::Array(items) = v else {
+        return Err(format!("must be an array of messages, got {}", kind(v)));
+    };
+    if items.is_empty() {
+        return Err("must have at least one message".into());
+    }
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let Value::Object(fields) = m else {
+                return Err(format!("[{i}] must be an object, got {}", kind(m)));
+            };
+            for field in ["role", "content"] {
+                match fields.get(field) {
+                    Some(Value::String(_)) => {}
+                    None => return Err(format!("[{i}].{field} is missing")),
+                    Some(other) => return Err(format!("[{i}].{field} must be a string, got {}", kind(other))),
+                }
+            }
+            serde_json::from_value(m.clone()).map_err(|e| format!("[{i}]: {e}"))
+        })
+        .collect()
 }
 
 fn kind(v: &Value) -> &'static str {
@@ -201,6 +254,30 @@ mod tests {
         let got = parse_all(b"{\"text\":\"\xff\xfe\"}\n{\"text\":\"ok\"}\n");
         assert!(got[0].as_ref().unwrap_err().message.contains("UTF-8"));
         assert_eq!(got[1].as_ref().unwrap().input, Input::text("ok"));
+    }
+
+    #[test]
+    fn messages_records_and_their_errors() {
+        let r = parse_line(
+            1,
+            br#"{"messages":[{"role":"user","content":"a"},{"role":"assistant","content":"b","name":"x"}]}"#,
+        )
+        .unwrap();
+        let Input::Messages(m) = r.input else {
+            panic!("not messages")
+        };
+        assert_eq!((m[1].role.as_str(), m[1].content.as_str()), ("assistant", "b"));
+        assert_eq!(m[1].extra["name"], "x");
+        let e = parse_line(2, br#"{"messages":[{"role":"user"}]}"#).unwrap_err();
+        assert_eq!(e.field, Some("messages"));
+        assert_eq!(e.message, "[0].content is missing");
+        let e = parse_line(3, br#"{"messages":[],"id":"q"}"#).unwrap_err();
+        assert_eq!(
+            (e.message.as_str(), e.id.clone()),
+            ("must have at least one message", Value::from("q"))
+        );
+        let e = parse_line(4, br#"{"messages":[{"role":"user","content":"a"}],"text":"t"}"#).unwrap_err();
+        assert!(e.message.contains("give one of"), "{e}");
     }
 
     #[test]

@@ -5,14 +5,14 @@
 //! in input order. A record that fails formatting or tokenization gets its own error; the others are scored.
 
 use std::{
-    borrow::Cow,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
 use crate::{
     backbone::{Backbone, SessionConfig},
-    batch::{self, Batch, Encoder},
+    batch::{self, Batch, Encoded, Encoder, Truncation},
+    chat::ChatTemplate,
     ep::{EpReport, ExecutionProvider},
     format::Formatter,
     head::RewardHead,
@@ -45,6 +45,8 @@ pub struct ScorerOptions {
     pub ort_library: Option<PathBuf>,
     /// Apply the model's reward normalisation `(r - mean) / std` (default false: raw rewards).
     pub normalize: bool,
+    /// Over-length records: an error (default) or left truncation of the prompt.
+    pub truncation: Truncation,
 }
 
 impl Default for ScorerOptions {
@@ -59,6 +61,7 @@ impl Default for ScorerOptions {
             max_length: None,
             ort_library: None,
             normalize: false,
+            truncation: Truncation::Error,
         }
     }
 }
@@ -113,6 +116,12 @@ impl ScorerOptions {
         self
     }
 
+    /// Sets the over-length policy.
+    pub fn with_truncation(mut self, truncation: Truncation) -> Self {
+        self.truncation = truncation;
+        self
+    }
+
     /// Loads ONNX Runtime from this file.
     pub fn with_ort_library(mut self, path: impl Into<PathBuf>) -> Self {
         self.ort_library = Some(path.into());
@@ -143,6 +152,14 @@ pub struct ScoreStats {
     pub format_tokenize: Duration,
     pub backbone: Duration,
     pub select_head: Duration,
+    /// Records shortened by left truncation.
+    pub truncated: usize,
+    /// Records whose doubled BOS (text BOS + tokenizer BOS) was removed.
+    pub double_bos: usize,
+    /// When pad id == eos id: sequences ending in eos, where the `mask` and `hf` rules score different tokens.
+    pub ends_in_pad_eos: usize,
+    /// Index of the first such sequence.
+    pub first_ends_in_pad_eos: Option<usize>,
 }
 
 /// A loaded reward model. `Send + Sync`: share it across threads (size the session pool with
@@ -158,6 +175,7 @@ pub struct Scorer {
     padding_side: PaddingSide,
     last_token: LastTokenRule,
     pad_id: i64,
+    pad_is_eos: bool,
     batch_size: usize,
 }
 
@@ -180,11 +198,25 @@ impl Scorer {
             Some(n) => n,
             None => m.max_length,
         };
-        let encoder = Encoder::load(
-            &model.path(&m.tokenizer.file),
-            m.tokenizer.add_special_tokens,
-            max_length,
-        )?;
+        let encoder = Encoder::load(&model.path(&m.tokenizer.file), max_length)?
+            .with_bos_id(m.tokenizer.bos_id)
+            .with_truncation(options.truncation);
+        let mut formatter = Formatter::new(m.format.template.clone(), m.tokenizer.add_special_tokens);
+        let file = |f: &Option<String>| f.as_ref().map(|f| model.path(f));
+        match ChatTemplate::load(
+            file(&m.tokenizer.config_file).as_deref(),
+            file(&m.tokenizer.chat_template_file).as_deref(),
+        )? {
+            Some(chat) => formatter = formatter.with_chat_template(chat, m.format.chat_template),
+            None if m.format.chat_template => {
+                return Err(Error::model(
+                    model.manifest_path(),
+                    "format.chat_template is true but the directory has no chat template (tokenizer.config_file or \
+                     tokenizer.chat_template_file)",
+                ))
+            }
+            None => {}
+        }
         let mut head = RewardHead::load(&model.path(&m.head.file), &m.head)?;
         if options.normalize {
             let norm = m.head.normalization.as_ref().ok_or_else(|| {
@@ -207,7 +239,8 @@ impl Scorer {
             },
         )?;
         Ok(Scorer {
-            formatter: Formatter::new(m.format.template.clone()),
+            formatter,
+            pad_is_eos: m.tokenizer.eos_id == Some(m.tokenizer.pad_id),
             padding_side: options.padding_side.unwrap_or(m.padding_side),
             last_token: options.last_token.unwrap_or(m.last_token),
             pad_id: i64::from(m.tokenizer.pad_id),
@@ -244,11 +277,34 @@ impl Scorer {
     /// As [`Scorer::score`].
     pub fn score_detailed(&self, inputs: &[Input]) -> Result<(Vec<Result<Rewards>>, ScoreStats)> {
         let started = Instant::now();
-        let encoded = self.encode(inputs);
+        let encoded = self.encode_detailed(inputs);
         let format_tokenize = started.elapsed();
-        let (rewards, mut stats) = self.score_encoded(encoded)?;
+        let (mut truncated, mut double_bos) = (0, 0);
+        let ids = encoded
+            .into_iter()
+            .map(|e| {
+                e.map(|e| {
+                    truncated += usize::from(e.dropped > 0);
+                    double_bos += usize::from(e.double_bos);
+                    e.ids
+                })
+            })
+            .collect();
+        let (rewards, mut stats) = self.score_encoded(ids)?;
         stats.format_tokenize = format_tokenize;
+        stats.truncated = truncated;
+        stats.double_bos = double_bos;
         Ok((rewards, stats))
+    }
+
+    /// Scores one input under `rule` instead of the rule in force (to show what another rule would give).
+    ///
+    /// # Errors
+    /// As [`Scorer::score_one`].
+    pub fn score_one_under(&self, input: &Input, rule: LastTokenRule) -> Result<Rewards> {
+        let encoded = self.encode(std::slice::from_ref(input));
+        let (mut scored, _) = self.score_encoded_rule(encoded, None, rule)?;
+        scored.pop().expect("one result").map(|s| s.rewards)
     }
 
     /// Scores `inputs` and also returns layer `layer`'s hidden state at each record's scored token, for probing.
@@ -276,9 +332,43 @@ impl Scorer {
 
     /// Formats and tokenizes `inputs` as the scorer would; entry `i` is input `i`'s token ids or its error.
     pub fn encode(&self, inputs: &[Input]) -> Vec<Result<Vec<i64>>> {
-        let texts: Vec<Cow<'_, str>> = inputs.iter().map(|i| self.formatter.format(i)).collect();
-        let texts: Vec<&str> = texts.iter().map(AsRef::as_ref).collect();
-        self.encoder.encode(&texts)
+        self.encode_detailed(inputs)
+            .into_iter()
+            .map(|e| e.map(|e| e.ids))
+            .collect()
+    }
+
+    /// Like [`Scorer::encode`], saying what truncation and the double-BOS rule did to each record.
+    pub fn encode_detailed(&self, inputs: &[Input]) -> Vec<Result<Encoded>> {
+        let mut failed: Vec<Option<Error>> = (0..inputs.len()).map(|_| None).collect();
+        let mut texts = Vec::with_capacity(inputs.len());
+        let mut owners = Vec::with_capacity(inputs.len());
+        for (index, input) in inputs.iter().enumerate() {
+            match self.formatter.format(input) {
+                Ok(text) => {
+                    texts.push(text);
+                    owners.push(index);
+                }
+                Err(message) => {
+                    let field = matches!(input, Input::Messages(_)).then_some("messages");
+                    failed[index] = Some(Error::Record { index, field, message });
+                }
+            }
+        }
+        let mut encoded = self.encoder.encode(&texts).into_iter();
+        let mut owners = owners.into_iter().peekable();
+        (0..inputs.len())
+            .map(|index| match failed[index].take() {
+                Some(e) => Err(e),
+                None => {
+                    owners.next_if_eq(&index).expect("formatted");
+                    encoded.next().expect("one encoding per text").map_err(|e| match e {
+                        Error::Record { field, message, .. } => Error::Record { index, field, message },
+                        other => other,
+                    })
+                }
+            })
+            .collect()
     }
 
     /// Scores already tokenized sequences (from [`Scorer::encode`], or ids from elsewhere).
@@ -296,6 +386,15 @@ impl Scorer {
         encoded: Vec<Result<Vec<i64>>>,
         probe: Option<usize>,
     ) -> Result<(Vec<Result<Scored>>, ScoreStats)> {
+        self.score_encoded_rule(encoded, probe, self.last_token)
+    }
+
+    fn score_encoded_rule(
+        &self,
+        encoded: Vec<Result<Vec<i64>>>,
+        probe: Option<usize>,
+        rule: LastTokenRule,
+    ) -> Result<(Vec<Result<Scored>>, ScoreStats)> {
         let mut stats = ScoreStats {
             sequences: encoded.len(),
             ..ScoreStats::default()
@@ -306,6 +405,10 @@ impl Scorer {
         for (i, e) in encoded.into_iter().enumerate() {
             match e {
                 Ok(seq) => {
+                    if self.pad_is_eos && seq.last() == Some(&self.pad_id) {
+                        stats.ends_in_pad_eos += 1;
+                        stats.first_ends_in_pad_eos.get_or_insert(i);
+                    }
                     lengths.push((i, seq.len()));
                     ids.push(Some(seq));
                     out.push(None);
@@ -325,19 +428,17 @@ impl Scorer {
             stats.batches += 1;
             stats.tokens += seqs.iter().map(|s| s.len()).sum::<usize>();
             stats.padded_tokens += batch.rows() * batch.width();
-            let (rows, timing) = self
-                .backbone
-                .run(&batch, self.last_token, self.pad_id, probe, |_, h, p| Scored {
-                    rewards: self.head.apply(h),
-                    hidden: p.map(|p| p.to_vec()),
-                })?;
+            let (rows, timing) = self.backbone.run(&batch, rule, self.pad_id, probe, |_, h, p| Scored {
+                rewards: self.head.apply(h),
+                hidden: p.map(|p| p.to_vec()),
+            })?;
             stats.backbone += timing.backbone;
             stats.select_head += timing.select_head;
             for (&index, row) in members.iter().zip(rows) {
                 out[index] = Some(row.ok_or_else(|| Error::Record {
                     index,
                     field: None,
-                    message: format!("no token to score under the `{:?}` last-token rule", self.last_token),
+                    message: format!("no token to score under the `{rule:?}` last-token rule"),
                 }));
             }
         }
@@ -391,6 +492,21 @@ impl Scorer {
     /// True when rewards are normalised with the model's `mean`/`std`.
     pub fn normalizes(&self) -> bool {
         self.head.normalizes()
+    }
+
+    /// The over-length policy in force.
+    pub fn truncation(&self) -> Truncation {
+        self.encoder.truncation()
+    }
+
+    /// True when `prompt`/`response` records are rendered with the model's chat template.
+    pub fn uses_chat_template(&self) -> bool {
+        self.formatter.pairs_use_chat()
+    }
+
+    /// True when the model's pad id equals its eos id (the `mask` and `hf` rules then differ on a trailing eos).
+    pub fn pad_is_eos(&self) -> bool {
+        self.pad_is_eos
     }
 
     /// The token limit in force.

@@ -37,6 +37,8 @@ pub struct ReferenceRow {
     pub response: Option<String>,
     #[serde(default)]
     pub text: Option<String>,
+    #[serde(default)]
+    pub messages: Option<Vec<crate::chat::Message>>,
     pub input_ids: Vec<i64>,
     pub rewards: Vec<f32>,
     /// PyTorch's `hidden_states[n]` at the scored token, for each layer `n` (graphs exported with all layers).
@@ -47,6 +49,9 @@ pub struct ReferenceRow {
 impl ReferenceRow {
     /// The input this row describes.
     pub fn input(&self) -> Option<Input> {
+        if let Some(m) = &self.messages {
+            return Some(Input::messages(m.clone()));
+        }
         match (&self.text, &self.prompt, &self.response) {
             (Some(t), _, _) => Some(Input::text(t.clone())),
             (None, Some(p), Some(r)) => Some(Input::pair(p.clone(), r.clone())),
@@ -111,7 +116,7 @@ pub fn read_reference(scorer: &Scorer) -> Result<(PathBuf, Vec<ReferenceRow>)> {
             return Err(Error::InputLine {
                 path: path.clone(),
                 line: i + 1,
-                message: "row needs `text` or `prompt` and `response`".into(),
+                message: "row needs `text`, `messages`, or `prompt` and `response`".into(),
             });
         }
         if row.rewards.len() != scorer.num_labels() {

@@ -360,3 +360,35 @@ def test_spearman_handles_ties():
     assert compare_native.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert compare_native.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     assert compare_native.spearman([1, 1, 2, 3], [5, 5, 6, 7]) == pytest.approx(1.0)
+
+
+def test_chat_template_model_exports_transformers_ids(tmp_path):
+    hf = tinymodels.make_llama_rm(tmp_path / "hf", seed=8)
+    template = (Path(export.__file__).parent / "templates" / "mistral.jinja").read_text()
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
+              "unk_token": "<unk>", "pad_token": "<pad>", "chat_template": template}
+    (hf / "tokenizer_config.json").write_text(json.dumps(config))
+    records = [
+        {"id": "pair", "prompt": "What is the capital of France?", "response": "Paris."},
+        {"id": "conv", "messages": [{"role": "system", "content": "Be brief."},
+                                    {"role": "user", "content": "Hello"},
+                                    {"role": "assistant", "content": "Hi there."}]},
+        {"id": "text", "text": "<s> [INST] Hello [/INST] Hi</s>"},
+    ]
+    manifest = export.export_model(hf, tmp_path / "out", records=records, log=quiet)
+    assert manifest["format"]["chat_template"] is True
+    assert manifest["tokenizer"]["config_file"] == "tokenizer_config.json"
+    rows = {json.loads(line)["id"]: json.loads(line) for line in (tmp_path / "out" / "reference.jsonl").read_text().splitlines()}
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(hf))
+    expected = tok.apply_chat_template(records[1]["messages"], tokenize=True)["input_ids"]
+    assert rows["conv"]["input_ids"] == list(expected) and rows["conv"]["messages"] == records[1]["messages"]
+    assert rows["pair"]["input_ids"][0] == 1 and rows["pair"]["input_ids"][1] != 1, "one BOS, from the template"
+    assert rows["text"]["input_ids"][:2] != [1, 1], "the text record's doubled BOS is removed"
+    if os.environ.get("REWARDRT_BIN"):
+        assert_rewardrt_verify_passes(tmp_path / "out")
+    no_chat = export.export_model(hf, tmp_path / "out2", records=records[:1] + records[2:] + [
+        {"id": "long", "prompt": "The quick brown fox jumps", "response": "over the lazy dog"}], chat_template=False,
+        log=quiet)
+    assert no_chat["format"]["chat_template"] is False

@@ -2,6 +2,7 @@
 //! directory's `reference.jsonl` (written by `export/export.py`; fixtures by `export/make_fixtures.py`, the
 //! bundled model by `export/train_arith.py`).
 
+mod chat;
 mod cli;
 mod ep;
 mod invariance;
