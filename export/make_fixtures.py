@@ -12,6 +12,7 @@ Reproduce (the files are checked in; rerun after changing the exporter or these 
   ``position_ids``.
 * ``tiny-llama-probe``: ``--all-layers`` (per-layer hidden states, with PyTorch's in ``reference.jsonl``), a
   two-objective head whose checkpoint carries a bias, and OpenRLHF-style ``mean``/``std`` in its config.
+* ``truncation/arith-rm.jsonl``: PyTorch rewards of the bundled model on left-truncated texts.
 * ``tiny-llama-fp16`` / ``tiny-llama-int8``: the same random Llama as float16 and as dynamic int8, with the drift
   and preference flip rate the exporter measured in the manifest.
 """
@@ -49,6 +50,70 @@ PAIR_RECORDS = [
 ]
 
 
+TRUNCATION_CASES = [
+    {"id": "long-prompt", "prompt": "What is 3+4? " * 9 + "What is 5+6?", "response": "11"},
+    {"id": "long-conversation", "messages": [
+        {"role": "user", "content": "What is 7*8? " * 6},
+        {"role": "assistant", "content": "56"},
+        {"role": "user", "content": "And what is 2+2?"},
+        {"role": "assistant", "content": "4"}]},
+    {"id": "fits", "prompt": "What is 1+1?", "response": "2"},
+    {"id": "response-too-long", "prompt": "What is 1+1?", "response": "2 " * 70},
+]
+
+
+def truncation_references(hf_dir: Path, max_length: int, out: Path) -> None:
+    """PyTorch rewards on left-truncated text, for the runtime's `--truncation left` (tests/it/truncation.rs).
+
+    Independently of the runtime: render with transformers' chat template, find each prompt message's content in
+    the text, cut the text from the start of the first prompt content up to the end of the k-th prompt token
+    (the fewest whole tokens that make it fit), re-tokenize the shortened text and score it with PyTorch.
+    """
+    import json
+
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(hf_dir))
+    model = AutoModelForSequenceClassification.from_pretrained(str(hf_dir)).eval()
+    rows = []
+    for case in TRUNCATION_CASES:
+        messages = case.get("messages") or [{"role": "user", "content": case["prompt"]},
+                                            {"role": "assistant", "content": case["response"]}]
+        text = tok.apply_chat_template(messages, tokenize=False)
+        enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids, offsets = enc["input_ids"], enc["offset_mapping"]
+        spans, cursor = [], 0
+        for m in messages[:-1]:
+            start = text.index(m["content"].strip(), cursor)
+            spans.append((start, start + len(m["content"].strip())))
+            cursor = spans[-1][1]
+        excess = len(ids) - max_length
+        row = {**case, "max_length": max_length}
+        if excess <= 0:
+            row.update(input_ids=ids, dropped=0)
+        else:
+            prompt_tokens = [t for t, (s, e) in enumerate(offsets) if s < e and any(a <= s and e <= b for a, b in spans)]
+            if len(prompt_tokens) < excess:
+                row["error"] = "response and template alone are too long"
+                rows.append(row)
+                continue
+            dropped = prompt_tokens[:excess]
+            # The shortened text: every dropped token's characters removed.
+            keep = [t for t in range(len(ids)) if t not in set(dropped)]
+            short = "".join(text[offsets[t][0]:offsets[t][1]] if offsets[t][0] < offsets[t][1] else tok.convert_ids_to_tokens(ids[t]) for t in keep)
+            retok = tok(short, add_special_tokens=False)["input_ids"]
+            assert retok == [ids[t] for t in keep], f"{case['id']}: token-level and text-level truncation differ"
+            row.update(input_ids=retok, dropped=excess, truncated_text=short)
+        with torch.no_grad():
+            row["rewards"] = model(input_ids=torch.tensor([row["input_ids"]])).logits[0].tolist()
+        rows.append(row)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("tests/data"))
@@ -72,6 +137,8 @@ def main(argv=None) -> int:
         for suffix, options in (("fp16", {"dtype": "float16"}), ("int8", {"quantize": "int8"})):
             export.export_model(source, args.out / f"tiny-llama-{suffix}", records=PAIR_RECORDS,
                                 name=f"tiny-llama-{suffix}", **options)
+    truncation_references(Path(__file__).resolve().parents[1] / "models" / "arith-rm-hf", 64,
+                          args.out / "truncation" / "arith-rm.jsonl")
     return 0
 
 

@@ -125,6 +125,30 @@ def write_examples(path: Path, rng: random.Random, problems: int = 10) -> None:
                 f.write(json.dumps({"id": f"p{i:02d}-{kind}", "prompt": prompt, "response": response}) + "\n")
 
 
+SUBSETS = {"+": "addition", "-": "subtraction", "*": "multiplication"}
+
+
+def write_pairs(path: Path, rng: random.Random, per_subset: int = 40) -> None:
+    """Held-out chosen/rejected pairs in RewardBench's format, one subset per operator; every third row gives its
+    prompt as `messages` (the same conversation, through the other input shape)."""
+    rows = {op: [] for op in OPS}
+    while any(len(r) < per_subset for r in rows.values()):
+        prompt, good, bad = make_pair(rng, held_out=True)
+        op = operator_of(prompt)
+        if len(rows[op]) < per_subset:
+            rows[op].append((prompt, good, bad))
+    with open(path, "w", encoding="utf-8") as f:
+        for op, triples in rows.items():
+            for i, (prompt, good, bad) in enumerate(triples):
+                row = {"id": f"{SUBSETS[op]}-{i:02d}", "subset": SUBSETS[op]}
+                if i % 3 == 2:
+                    row["messages"] = [{"role": "user", "content": prompt}]
+                else:
+                    row["prompt"] = prompt
+                row.update({"chosen": good, "rejected": bad})
+                f.write(json.dumps(row) + "\n")
+
+
 def reference_records(seed: int) -> list[dict]:
     """Held-out correct/wrong pairs (sharing a prompt) and one pre-formatted text: the exporter's parity records."""
     ref_rng = random.Random(seed + 2)
@@ -169,9 +193,13 @@ def main(argv=None) -> int:
     parser.add_argument("--max-operand", type=int, default=MAX_OPERAND)
     parser.add_argument("--write-examples", type=Path, help="only write held-out example records to this JSONL file")
     parser.add_argument("--from-hf", type=Path, help="skip training: export this trained checkpoint to --out")
+    parser.add_argument("--write-pairs", type=Path, help="only write held-out chosen/rejected pairs (RewardBench format)")
     args = parser.parse_args(argv)
     if args.write_examples:
         write_examples(args.write_examples, random.Random(args.seed + 3))
+        return 0
+    if args.write_pairs:
+        write_pairs(args.write_pairs, random.Random(args.seed + 4))
         return 0
     if args.from_hf:
         export_bundled(args.from_hf, args.out, args.seed)

@@ -31,6 +31,7 @@ pub mod bench;
 pub mod chat;
 pub mod ep;
 mod error;
+pub mod eval;
 pub mod format;
 pub mod head;
 pub mod manifest;

@@ -5,7 +5,7 @@
 
 use std::{
     fs::File,
-    io::{self, BufRead, BufReader, BufWriter, Write},
+    io::{self, BufRead, BufReader, BufWriter, IsTerminal, Write},
     path::{Path, PathBuf},
     process::ExitCode,
     time::Instant,
@@ -13,11 +13,16 @@ use std::{
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
 use rewardrt::{
+    batch::Truncation,
     bench::{self, BenchCase},
-    ep, record, runtime, verify, ExecutionProvider, Input, LastTokenRule, PaddingSide, Scored, Scorer, ScorerOptions,
+    ep, eval, record, runtime, verify, ExecutionProvider, Input, LastTokenRule, PaddingSide, Scored, Scorer,
+    ScorerOptions,
 };
 use serde_json::{json, Value};
+
+mod plot;
 
 /// Run LLM reward models exported to ONNX: r = h_last · W_r, exactly, on any execution provider.
 #[derive(Parser)]
@@ -38,6 +43,8 @@ enum Command {
     Verify(VerifyArgs),
     /// Measure sequences/s and tokens/s for several batch sizes and lengths.
     Bench(BenchArgs),
+    /// Preference accuracy on chosen/rejected pairs (RewardBench format), per subset, with margin statistics.
+    Eval(EvalArgs),
 }
 
 #[derive(Args)]
@@ -57,9 +64,17 @@ struct ModelArgs {
     /// Padding side (default: the manifest's).
     #[arg(long, value_enum)]
     padding_side: Option<PaddingSide>,
-    /// Last-token rule (default: the manifest's).
+    /// Last-token rule: mask (last position with attention mask 1) or hf (rightmost id != pad id, as
+    /// transformers does). Default: the manifest's.
     #[arg(long, value_enum)]
     last_token: Option<LastTokenRule>,
+    /// Token limit per record, at most the model's (default: the manifest's max_length).
+    #[arg(long)]
+    max_length: Option<usize>,
+    /// Over-length records: error (reported, the others scored) or left (drop prompt tokens from the start;
+    /// the response and the scored last token are kept).
+    #[arg(long, value_enum, default_value = "error")]
+    truncation: Truncation,
     /// ONNX Runtime library to load (default: ORT_DYLIB_PATH, next to the executable, the build's copy, system).
     #[arg(long, env = "REWARDRT_ORT_LIBRARY")]
     ort_library: Option<PathBuf>,
@@ -81,6 +96,10 @@ impl ModelArgs {
         if let Some(rule) = self.last_token {
             options = options.with_last_token(rule);
         }
+        if let Some(n) = self.max_length {
+            options = options.with_max_length(n);
+        }
+        options = options.with_truncation(self.truncation);
         if let Some(path) = &self.ort_library {
             options = options.with_ort_library(path);
         }
@@ -133,6 +152,24 @@ struct ScoreArgs {
 }
 
 #[derive(Args)]
+struct EvalArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// JSONL rows {"id"?, "prompt", "chosen", "rejected", "subset"?}, or with `messages` / full conversations.
+    #[arg(long)]
+    pairs: PathBuf,
+    /// Write the full report (accuracy, margin quantiles per subset, failed rows, settings) as JSON.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Draw the margin distribution per subset (SVG).
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Which output of a multi-objective head to compare (default: the first).
+    #[arg(long)]
+    label: Option<String>,
+}
+
+#[derive(Args)]
 struct InfoArgs {
     #[command(flatten)]
     model: ModelArgs,
@@ -175,6 +212,7 @@ fn main() -> ExitCode {
         Command::Score(args) => score(args),
         Command::Info(args) => info(args).map(|()| ExitCode::SUCCESS),
         Command::Verify(args) => verify_cmd(args),
+        Command::Eval(args) => eval_cmd(args),
         Command::Bench(args) => bench_cmd(args).map(|()| ExitCode::SUCCESS),
     };
     match result {
@@ -224,10 +262,13 @@ fn score(args: ScoreArgs) -> Result<ExitCode> {
     } else {
         args.input.display().to_string()
     };
+    let expected = count_records(&args.input);
     let mut lines = record::records(open_input(&args.input)?);
     let mut out = open_output(&args.output)?;
     let multi = scorer.num_labels() > 1;
     let (mut total, mut failed) = (0usize, 0usize);
+    let progress = progress_bar(expected, "records");
+    let mut notices = Notices::default();
 
     // Stream in chunks: output appears as it is scored and memory stays bounded on large files.
     loop {
@@ -240,25 +281,18 @@ fn score(args: ScoreArgs) -> Result<ExitCode> {
             break;
         }
         total += chunk.len();
-        let inputs: Vec<Input> = chunk
-            .iter()
-            .filter_map(|l| l.as_ref().ok())
-            .map(|r| r.input.clone())
-            .collect();
-        let mut scored = match args.layer {
-            Some(layer) => scorer.score_with_layer(&inputs, layer)?,
-            None => scorer
-                .score(&inputs)?
-                .into_iter()
-                .map(|r| r.map(|rewards| Scored { rewards, hidden: None }))
-                .collect(),
-        }
-        .into_iter();
+        let records: Vec<&record::Record> = chunk.iter().filter_map(|l| l.as_ref().ok()).collect();
+        let inputs: Vec<Input> = records.iter().map(|r| r.input.clone()).collect();
+        let (scored, stats) = scorer.score_full(&inputs, args.layer)?;
+        notices.observe(&scorer, &stats, &inputs, &scored, &progress, |i| {
+            format!("{source}:line {} (id {})", records[i].line, records[i].id)
+        });
+        let mut scored = scored.into_iter();
         for line in &chunk {
             let value = match line {
                 Err(e) => {
                     failed += 1;
-                    eprintln!("rewardrt: {source}:{e}");
+                    progress.suspend(|| eprintln!("rewardrt: {source}:{e}"));
                     json!({"id": e.id, "error": e.to_string()})
                 }
                 Ok(record) => match scored.next().expect("one result per record") {
@@ -275,14 +309,8 @@ fn score(args: ScoreArgs) -> Result<ExitCode> {
                     }
                     Err(e) => {
                         failed += 1;
-                        let message = match e {
-                            rewardrt::Error::Record { field, message, .. } => match field {
-                                Some(f) => format!("field `{f}`: {message}"),
-                                None => message,
-                            },
-                            other => other.to_string(),
-                        };
-                        eprintln!("rewardrt: {source}:line {}: {message}", record.line);
+                        let message = record_error(e);
+                        progress.suspend(|| eprintln!("rewardrt: {source}:line {}: {message}", record.line));
                         json!({"id": record.id, "error": format!("line {}: {message}", record.line)})
                     }
                 },
@@ -291,13 +319,18 @@ fn score(args: ScoreArgs) -> Result<ExitCode> {
             out.write_all(b"\n")?;
         }
         out.flush()?;
+        progress.inc(chunk.len() as u64);
     }
+    progress.finish_and_clear();
     out.flush()?;
+    notices.summary(&scorer, total);
     if let Some(path) = &args.stats {
         let score_seconds = started.elapsed().as_secs_f64();
         let stats = json!({
             "records": total,
             "failed": failed,
+            "truncated": notices.truncated,
+            "double_bos_removed": notices.double_bos,
             "load_seconds": load_seconds,
             "score_seconds": score_seconds,
             "records_per_second": total as f64 / score_seconds.max(1e-9),
@@ -313,6 +346,230 @@ fn score(args: ScoreArgs) -> Result<ExitCode> {
         return Ok(ExitCode::from(2));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A record's error as one line: the field it concerns, then the message.
+fn record_error(e: rewardrt::Error) -> String {
+    match e {
+        rewardrt::Error::Record { field, message, .. } => match field {
+            Some(f) => format!("field `{f}`: {message}"),
+            None => message,
+        },
+        other => other.to_string(),
+    }
+}
+
+/// Non-blank lines of a file, for the progress bar's length; `None` for stdin or an unreadable file.
+fn count_records(path: &Path) -> Option<u64> {
+    if path == Path::new("-") {
+        return None;
+    }
+    let reader = BufReader::new(File::open(path).ok()?);
+    let mut n = 0;
+    for line in reader.split(b'\n') {
+        n += u64::from(!line.ok()?.iter().all(u8::is_ascii_whitespace));
+    }
+    Some(n)
+}
+
+/// A progress bar with rate and ETA on stderr, only when stderr is a terminal.
+fn progress_bar(len: Option<u64>, unit: &str) -> ProgressBar {
+    if !io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let (bar, template) = match len {
+        Some(n) => (
+            ProgressBar::new(n),
+            format!("{{bar:40}} {{pos}}/{{len}} {unit} {{per_sec}} ETA {{eta}}"),
+        ),
+        None => (
+            ProgressBar::no_length(),
+            format!("{{spinner}} {{pos}} {unit} {{per_sec}}"),
+        ),
+    };
+    bar.set_style(ProgressStyle::with_template(&template).expect("valid template"));
+    bar
+}
+
+/// What scoring did that a user should hear about once: truncation, doubled BOS, pad == eos endings.
+#[derive(Default)]
+struct Notices {
+    truncated: usize,
+    double_bos: usize,
+    pad_eos_warned: bool,
+}
+
+impl Notices {
+    fn observe(
+        &mut self,
+        scorer: &Scorer,
+        stats: &rewardrt::ScoreStats,
+        inputs: &[Input],
+        scored: &[rewardrt::Result<Scored>],
+        progress: &ProgressBar,
+        name: impl Fn(usize) -> String,
+    ) {
+        self.truncated += stats.truncated;
+        self.double_bos += stats.double_bos;
+        let Some(i) = stats.first_ends_in_pad_eos.filter(|_| !self.pad_eos_warned) else {
+            return;
+        };
+        self.pad_eos_warned = true;
+        let in_force = scorer.last_token();
+        let other = match in_force {
+            LastTokenRule::Mask => LastTokenRule::NonPad,
+            LastTokenRule::NonPad => LastTokenRule::Mask,
+        };
+        let fmt = |r: Option<&[f32]>| r.map_or("n/a".to_owned(), |r| format!("{r:?}"));
+        let here = scored[i].as_ref().ok().map(|s| s.rewards.as_slice());
+        let there = scorer.score_one_under(&inputs[i], other).ok();
+        let what = |rule| match rule {
+            LastTokenRule::Mask => "`mask` scores the trailing eos itself",
+            LastTokenRule::NonPad => "`hf` (transformers) scores the last token that is not pad/eos",
+        };
+        progress.suspend(|| {
+            eprintln!(
+                "rewardrt: warning: this model's pad id equals its eos id and {} ends in eos. In force: {} \
+                 (reward {}); {} would give {}. Choose with --last-token mask|hf (reported once)",
+                name(i),
+                what(in_force),
+                fmt(here),
+                what(other),
+                fmt(there.as_deref())
+            )
+        });
+    }
+
+    fn summary(&self, scorer: &Scorer, total: usize) {
+        if self.truncated > 0 {
+            eprintln!(
+                "rewardrt: {} of {total} records were longer than {} tokens and lost prompt tokens from the start \
+                 (--truncation left; responses kept whole)",
+                self.truncated,
+                scorer.max_length()
+            );
+        }
+        if self.double_bos > 0 {
+            eprintln!(
+                "rewardrt: warning: {} of {total} records began with BOS and the tokenizer added another; the extra \
+                 BOS was removed (send chat-formatted text as `messages`, or text without BOS)",
+                self.double_bos
+            );
+        }
+    }
+}
+
+fn eval_cmd(args: EvalArgs) -> Result<ExitCode> {
+    let scorer = args.model.load()?;
+    let label = match &args.label {
+        None => 0,
+        Some(name) => scorer
+            .labels()
+            .iter()
+            .position(|l| l == name)
+            .with_context(|| format!("no label `{name}`; the model's labels are {:?}", scorer.labels()))?,
+    };
+    let source = args.pairs.display().to_string();
+    let rows = eval::read_pairs(open_input(&args.pairs)?).with_context(|| format!("cannot read {source}"))?;
+    let progress = progress_bar(Some(rows.len() as u64), "pairs");
+    let mut notices = Notices::default();
+    let mut margins = Vec::new();
+    let mut failed = Vec::new();
+    for chunk in rows.chunks(CHUNK / 2) {
+        let pairs: Vec<&eval::Pair> = chunk.iter().filter_map(|r| r.as_ref().ok()).collect();
+        let inputs: Vec<Input> = pairs
+            .iter()
+            .flat_map(|p| [p.chosen.clone(), p.rejected.clone()])
+            .collect();
+        let (scored, stats) = scorer.score_full(&inputs, None)?;
+        notices.observe(&scorer, &stats, &inputs, &scored, &progress, |i| {
+            let p = pairs[i / 2];
+            let side = if i % 2 == 0 { "chosen" } else { "rejected" };
+            format!("{source}:line {} (id {}, {side})", p.line, p.id)
+        });
+        for row in chunk.iter().filter_map(|r| r.as_ref().err()) {
+            progress.suspend(|| eprintln!("rewardrt: {source}:{row}"));
+            failed.push(json!({"line": row.line, "id": row.id, "error": row.to_string()}));
+        }
+        let mut scored = scored.into_iter();
+        for pair in pairs {
+            match (scored.next().expect("chosen"), scored.next().expect("rejected")) {
+                (Ok(c), Ok(r)) => margins.push((pair.subset.clone(), f64::from(c.rewards[label] - r.rewards[label]))),
+                (c, r) => {
+                    let (side, e) = match (c, r) {
+                        (Err(e), _) => ("chosen", e),
+                        (_, Err(e)) => ("rejected", e),
+                        _ => unreachable!("one side failed"),
+                    };
+                    let message = format!("line {}, {side}: {}", pair.line, record_error(e));
+                    progress.suspend(|| eprintln!("rewardrt: {source}:{message}"));
+                    failed.push(json!({"line": pair.line, "id": pair.id, "error": message}));
+                }
+            }
+        }
+        progress.inc(chunk.len() as u64);
+    }
+    progress.finish_and_clear();
+    notices.summary(&scorer, rows.len() * 2);
+    if margins.is_empty() {
+        anyhow::bail!("{source}: no pair could be evaluated ({} failed)", failed.len());
+    }
+    let report = eval::report(&margins);
+    print_eval(&report, &scorer.labels()[label]);
+    if let Some(path) = &args.report {
+        let value = json!({
+            "model": scorer.model().dir,
+            "name": scorer.model().manifest.name,
+            "pairs_file": args.pairs,
+            "label": scorer.labels()[label],
+            "overall": report.overall,
+            "subsets": report.subsets,
+            "failed": failed,
+            "settings": {
+                "execution_provider": scorer.ep_report().effective,
+                "last_token": scorer.last_token(),
+                "padding_side": scorer.padding_side(),
+                "max_length": scorer.max_length(),
+                "truncation": scorer.truncation(),
+                "chat_template": scorer.uses_chat_template(),
+                "truncated_records": notices.truncated,
+                "double_bos_removed": notices.double_bos,
+            },
+        });
+        std::fs::write(path, format!("{value:#}\n")).with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("rewardrt: report written to {}", path.display());
+    }
+    if let Some(path) = &args.plot {
+        plot::margins(path, &report, &scorer.model().manifest.name)?;
+        eprintln!("rewardrt: plot written to {}", path.display());
+    }
+    if !failed.is_empty() {
+        eprintln!("rewardrt: {} rows failed; the others were evaluated", failed.len());
+        return Ok(ExitCode::from(2));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_eval(report: &eval::EvalReport, label: &str) {
+    println!("label `{label}`; a tie counts as wrong; margin = r(chosen) - r(rejected)");
+    println!(
+        "| {:<16} | {:>6} | {:>8} | {:>9} | {:>9} | {:>9} | {:>9} |",
+        "subset", "pairs", "accuracy", "mean", "p5", "median", "p95"
+    );
+    println!(
+        "|{:-<18}|{:->8}|{:->10}|{:->11}|{:->11}|{:->11}|{:->11}|",
+        "", "", "", "", "", "", ""
+    );
+    let row = |name: &str, g: &eval::GroupReport| {
+        println!(
+            "| {:<16} | {:>6} | {:>8.4} | {:>9.4} | {:>9.4} | {:>9.4} | {:>9.4} |",
+            name, g.pairs, g.accuracy, g.margin.mean, g.margin.p05, g.margin.p50, g.margin.p95
+        );
+    };
+    for (name, g) in &report.subsets {
+        row(name, g);
+    }
+    row("overall", &report.overall);
 }
 
 /// `float32`, or the reduced precision with the drift and flip rate the exporter measured.

@@ -271,11 +271,24 @@ impl Scorer {
             .expect("one result per input")
     }
 
-    /// Like [`Scorer::score`], with timings and padding counts.
+    /// Like [`Scorer::score`], with timings, padding, truncation and double-BOS counts.
     ///
     /// # Errors
     /// As [`Scorer::score`].
     pub fn score_detailed(&self, inputs: &[Input]) -> Result<(Vec<Result<Rewards>>, ScoreStats)> {
+        let (scored, stats) = self.score_full(inputs, None)?;
+        Ok((scored.into_iter().map(|r| r.map(|s| s.rewards)).collect(), stats))
+    }
+
+    /// The most general call: rewards, layer `layer`'s hidden state at the scored token when asked for (see
+    /// [`Scorer::score_with_layer`]), and the run's statistics.
+    ///
+    /// # Errors
+    /// A layer the graph does not output, or as [`Scorer::score`].
+    pub fn score_full(&self, inputs: &[Input], layer: Option<usize>) -> Result<(Vec<Result<Scored>>, ScoreStats)> {
+        if let Some(layer) = layer {
+            self.check_layer(layer)?;
+        }
         let started = Instant::now();
         let encoded = self.encode_detailed(inputs);
         let format_tokenize = started.elapsed();
@@ -290,11 +303,11 @@ impl Scorer {
                 })
             })
             .collect();
-        let (rewards, mut stats) = self.score_encoded(ids)?;
+        let (scored, mut stats) = self.score_encoded_rule(ids, layer, self.last_token)?;
         stats.format_tokenize = format_tokenize;
         stats.truncated = truncated;
         stats.double_bos = double_bos;
-        Ok((rewards, stats))
+        Ok((scored, stats))
     }
 
     /// Scores one input under `rule` instead of the rule in force (to show what another rule would give).
@@ -314,20 +327,23 @@ impl Scorer {
     /// # Errors
     /// A layer the graph does not output (outer error), or as [`Scorer::score`].
     pub fn score_with_layer(&self, inputs: &[Input], layer: usize) -> Result<Vec<Result<Scored>>> {
+        self.score_full(inputs, Some(layer)).map(|(scored, _)| scored)
+    }
+
+    fn check_layer(&self, layer: usize) -> Result<()> {
         let layers = self.backbone.layer_count();
-        if layer >= layers {
-            let message = if layers == 0 {
-                format!("layer {layer}: the graph has no per-layer outputs (export it with --all-layers)")
-            } else {
-                format!("layer {layer}: the graph outputs layers 0..={}", layers - 1)
-            };
-            return Err(Error::model(
-                self.model.path(&self.model.manifest.backbone.file),
-                message,
-            ));
+        if layer < layers {
+            return Ok(());
         }
-        let encoded = self.encode(inputs);
-        self.score_encoded_with(encoded, Some(layer)).map(|(scored, _)| scored)
+        let message = if layers == 0 {
+            format!("layer {layer}: the graph has no per-layer outputs (export it with --all-layers)")
+        } else {
+            format!("layer {layer}: the graph outputs layers 0..={}", layers - 1)
+        };
+        Err(Error::model(
+            self.model.path(&self.model.manifest.backbone.file),
+            message,
+        ))
     }
 
     /// Formats and tokenizes `inputs` as the scorer would; entry `i` is input `i`'s token ids or its error.
@@ -376,17 +392,9 @@ impl Scorer {
     /// # Errors
     /// As [`Scorer::score`].
     pub fn score_encoded(&self, encoded: Vec<Result<Vec<i64>>>) -> Result<(Vec<Result<Rewards>>, ScoreStats)> {
-        let (scored, stats) = self.score_encoded_with(encoded, None)?;
+        let (scored, stats) = self.score_encoded_rule(encoded, None, self.last_token)?;
         let rewards = scored.into_iter().map(|r| r.map(|s| s.rewards)).collect();
         Ok((rewards, stats))
-    }
-
-    fn score_encoded_with(
-        &self,
-        encoded: Vec<Result<Vec<i64>>>,
-        probe: Option<usize>,
-    ) -> Result<(Vec<Result<Scored>>, ScoreStats)> {
-        self.score_encoded_rule(encoded, probe, self.last_token)
     }
 
     fn score_encoded_rule(

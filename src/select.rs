@@ -5,7 +5,8 @@
 //! ids and therefore immune to pad == eos collisions: a sequence that ends in eos scores the eos token, as
 //! reward models trained with a trailing end-of-turn token expect. The `non_pad` rule reproduces Hugging Face
 //! `*ForSequenceClassification` (the rightmost token whose id differs from the pad id), which skips a trailing
-//! eos when pad == eos.
+//! eos when pad == eos. (One difference: a row with no non-pad token at all is an error here, where transformers
+//! would silently score position 0.)
 
 use serde::{Deserialize, Serialize};
 
@@ -17,7 +18,10 @@ pub enum LastTokenRule {
     /// The last position whose attention mask is 1.
     #[default]
     Mask,
-    /// The rightmost position whose token id is not the pad id (Hugging Face's rule).
+    /// The rightmost position whose token id is not the pad id: what transformers' `*ForSequenceClassification`
+    /// does (`hf` on the command line; `non_pad` in manifests).
+    #[serde(alias = "hf")]
+    #[cfg_attr(feature = "cli", value(name = "hf", alias = "non-pad", alias = "non_pad"))]
     NonPad,
 }
 

@@ -341,3 +341,169 @@ fn score_stats_file_reports_the_run() {
     assert_eq!(stats["threads"], 1);
     assert!(stats["records_per_second"].as_f64().unwrap() > 0.0);
 }
+
+#[test]
+fn eval_prints_per_subset_accuracy_and_writes_report_and_plot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (report, plot) = (tmp.path().join("report.json"), tmp.path().join("margins.svg"));
+    let pairs = bundled().join("../../examples/arith-pairs.jsonl");
+    let out = rewardrt(
+        &[
+            "eval",
+            "--model",
+            &model(),
+            "--ep",
+            "cpu",
+            "--pairs",
+            pairs.to_str().unwrap(),
+            "--report",
+            report.to_str().unwrap(),
+            "--plot",
+            plot.to_str().unwrap(),
+        ],
+        b"",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    for subset in ["addition", "subtraction", "multiplication", "overall"] {
+        assert!(stdout.contains(subset), "{stdout}");
+    }
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("ETA"),
+        "no progress bar when stderr is not a terminal"
+    );
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(report).unwrap()).unwrap();
+    assert_eq!(report["overall"]["pairs"], 120);
+    let by_subset: u64 = report["subsets"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|g| g["pairs"].as_u64().unwrap())
+        .sum();
+    assert_eq!(by_subset, 120);
+    assert!(report["subsets"]["addition"]["margin"]["p50"].as_f64().is_some());
+    assert_eq!(report["settings"]["chat_template"], true);
+    let svg = std::fs::read_to_string(plot).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("multiplication"),
+        "{}",
+        &svg[..svg.len().min(200)]
+    );
+}
+
+#[test]
+fn eval_reports_bad_rows_and_evaluates_the_rest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pairs = tmp.path().join("pairs.jsonl");
+    std::fs::write(
+        &pairs,
+        "{\"prompt\":\"What is 2+2?\",\"chosen\":\"4\",\"rejected\":\"5\",\"subset\":\"s\"}\n\
+         {\"id\":\"bad\",\"prompt\":\"What is 2+2?\",\"chosen\":\"4\"}\n\
+         {\"prompt\":\"What is 3+3?\",\"chosen\":\"6\",\"rejected\":\"60\",\"subset\":\"s\"}\n",
+    )
+    .unwrap();
+    let out = rewardrt(
+        &[
+            "eval",
+            "--model",
+            &model(),
+            "--ep",
+            "cpu",
+            "--pairs",
+            pairs.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("line 2, field `rejected`: missing"), "{stderr}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("| s "),
+        "the good rows were evaluated"
+    );
+    let svg = tmp.path().join("m.png");
+    let out = rewardrt(
+        &[
+            "eval",
+            "--model",
+            &model(),
+            "--ep",
+            "cpu",
+            "--pairs",
+            pairs.to_str().unwrap(),
+            "--plot",
+            svg.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only .svg is supported"));
+}
+
+#[test]
+fn truncation_flags_and_summary() {
+    let long = format!(
+        "{{\"id\":\"long\",\"prompt\":\"{}What is 5+6?\",\"response\":\"11\"}}\n{{\"id\":\"short\",\"prompt\":\"What is 1+1?\",\"response\":\"2\"}}\n",
+        "What is 3+4? ".repeat(9)
+    );
+    let strict = rewardrt(&["score", "--model", &model(), "--ep", "cpu"], long.as_bytes());
+    assert_eq!(strict.status.code(), Some(2));
+    assert!(lines(&strict)[0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("exceed max_length 64"));
+    assert!(lines(&strict)[1]["reward"].is_number());
+    let left = rewardrt(
+        &["score", "--model", &model(), "--ep", "cpu", "--truncation", "left"],
+        long.as_bytes(),
+    );
+    assert!(left.status.success());
+    assert!(lines(&left)[0]["reward"].is_number());
+    let stderr = String::from_utf8_lossy(&left.stderr);
+    assert!(stderr.contains("1 of 2 records were longer than 64 tokens"), "{stderr}");
+    let lower = rewardrt(
+        &["score", "--model", &model(), "--ep", "cpu", "--max-length", "8"],
+        long.as_bytes(),
+    );
+    assert!(lines(&lower)[1]["error"]
+        .as_str()
+        .unwrap()
+        .contains("exceed max_length 8"));
+}
+
+#[test]
+fn pad_equals_eos_warns_once_with_both_rules() {
+    let dir = crate::fixture("tiny-llama-padeos").display().to_string();
+    let input = b"{\"id\":\"a\",\"text\":\"Hello there</s>\"}\n{\"id\":\"b\",\"text\":\"The quick brown fox</s>\"}\n";
+    let out = rewardrt(&["score", "--model", &dir, "--ep", "cpu"], input);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("pad id equals its eos id").count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("In force: `hf`") && stderr.contains("`mask` scores the trailing eos itself"),
+        "{stderr}"
+    );
+    let hf = rewardrt(&["score", "--model", &dir, "--ep", "cpu", "--last-token", "hf"], input);
+    let mask = rewardrt(
+        &["score", "--model", &dir, "--ep", "cpu", "--last-token", "mask"],
+        input,
+    );
+    assert_eq!(lines(&hf), lines(&out), "hf is the manifest's rule here");
+    assert_ne!(
+        lines(&mask)[0]["reward"],
+        lines(&hf)[0]["reward"],
+        "the rules score different tokens"
+    );
+    let mask_stderr = String::from_utf8_lossy(&mask.stderr);
+    assert!(mask_stderr.contains("In force: `mask`"), "{mask_stderr}");
+}
+
+#[test]
+fn doubled_bos_is_removed_and_reported() {
+    // A text record that already starts with <s>; the bundled tokenizer adds another.
+    let input = b"{\"text\":\"<s><|user|>What is 2+2?<|assistant|>4<|end|>\"}\n{\"prompt\":\"What is 2+2?\",\"response\":\"4\"}\n";
+    let out = rewardrt(&["score", "--model", &model(), "--ep", "cpu"], input);
+    assert!(out.status.success());
+    let got = lines(&out);
+    assert_eq!(got[0]["reward"], got[1]["reward"], "same tokens as the templated pair");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 of 2 records began with BOS"));
+}
