@@ -95,6 +95,11 @@ impl Encoder {
 
     /// Token ids of each text, or that record's error (`index` is the position in `texts`).
     pub fn encode(&self, texts: &[Formatted<'_>]) -> Vec<Result<Encoded>> {
+        self.encode_with(texts, self.truncation)
+    }
+
+    /// [`Encoder::encode`] with another over-length policy (e.g. one chosen per server request).
+    pub fn encode_with(&self, texts: &[Formatted<'_>], truncation: Truncation) -> Vec<Result<Encoded>> {
         let mut encodings: Vec<Option<tokenizers::Result<Encoding>>> = (0..texts.len()).map(|_| None).collect();
         for add_special in [true, false] {
             let members: Vec<usize> = (0..texts.len())
@@ -128,13 +133,13 @@ impl Encoder {
                     field: None,
                     message: format!("tokenization failed: {e}"),
                 })?;
-                self.fit(index, &enc, text)
+                self.fit(index, &enc, text, truncation)
             })
             .collect()
     }
 
     /// Applies the double-BOS rule and the length policy to one encoding.
-    fn fit(&self, index: usize, enc: &Encoding, text: &Formatted<'_>) -> Result<Encoded> {
+    fn fit(&self, index: usize, enc: &Encoding, text: &Formatted<'_>, truncation: Truncation) -> Result<Encoded> {
         let fail = |message: String| Error::Record {
             index,
             field: None,
@@ -158,7 +163,7 @@ impl Encoder {
         let excess = ids.len().saturating_sub(self.max_length);
         let mut dropped = 0;
         if excess > 0 {
-            if self.truncation == Truncation::Error {
+            if truncation == Truncation::Error {
                 return Err(fail(format!(
                     "{} tokens exceed max_length {}; refusing to cut the sequence because the reward is read at its \
                      last token (--truncation left drops prompt tokens instead)",

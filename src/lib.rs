@@ -39,6 +39,8 @@ pub mod record;
 pub mod runtime;
 pub mod scorer;
 pub mod select;
+#[cfg(feature = "server")]
+pub mod serve;
 pub mod verify;
 
 pub use crate::{

@@ -22,6 +22,7 @@ use rewardrt::{
 };
 use serde_json::{json, Value};
 
+mod loadgen;
 mod plot;
 
 /// Run LLM reward models exported to ONNX: r = h_last · W_r, exactly, on any execution provider.
@@ -45,6 +46,10 @@ enum Command {
     Bench(BenchArgs),
     /// Preference accuracy on chosen/rejected pairs (RewardBench format), per subset, with margin statistics.
     Eval(EvalArgs),
+    /// Serve the model over HTTP (/score, /get_reward, /health, /info, /metrics) with dynamic batching.
+    Serve(ServeArgs),
+    /// Load generator for a running server: requests/s, records/s and latency percentiles per concurrency.
+    Load(loadgen::LoadArgs),
 }
 
 #[derive(Args)]
@@ -86,6 +91,15 @@ impl ModelArgs {
     }
 
     fn load_with(&self, options: ScorerOptions) -> Result<Scorer> {
+        let options = self.options(options);
+        let scorer = Scorer::load(&self.model, options)
+            .with_context(|| format!("cannot load model {}", self.model.display()))?;
+        announce(&scorer, self.batch_size);
+        Ok(scorer)
+    }
+
+    /// `options` with this command line's settings.
+    fn options(&self, options: ScorerOptions) -> ScorerOptions {
         let mut options = options.with_ep(self.ep).with_batch_size(self.batch_size);
         if let Some(n) = self.threads {
             options = options.with_threads(n);
@@ -99,33 +113,32 @@ impl ModelArgs {
         if let Some(n) = self.max_length {
             options = options.with_max_length(n);
         }
-        options = options.with_truncation(self.truncation);
-        if let Some(path) = &self.ort_library {
-            options = options.with_ort_library(path);
-        }
-        let scorer = Scorer::load(&self.model, options)
-            .with_context(|| format!("cannot load model {}", self.model.display()))?;
-        let batch_dependence = scorer
-            .model()
-            .manifest
-            .precision
-            .as_ref()
-            .and_then(|p| p.measured.get("batch_dependence_max_abs"))
-            .and_then(Value::as_f64)
-            .filter(|d| *d > 1e-5);
-        if let (Some(d), true) = (batch_dependence, self.batch_size > 1) {
-            eprintln!(
-                "rewardrt: note: this int8 graph quantises activations per batch, so a reward moves by up to {d:.1e} \
-                 with its batch neighbours (measured at export); --batch-size 1 makes rewards batch-independent"
-            );
-        }
-        let report = scorer.ep_report();
-        if report.fell_back_to_cpu() {
-            eprintln!("rewardrt: warning: {}", report.summary());
-        } else {
-            eprintln!("rewardrt: {}", report.summary());
-        }
-        Ok(scorer)
+        options.with_truncation(self.truncation)
+    }
+}
+
+/// Says on stderr which execution provider runs (a warning when `auto` fell back to CPU) and any batch
+/// dependence a quantised graph has.
+fn announce(scorer: &Scorer, batch_size: usize) {
+    let batch_dependence = scorer
+        .model()
+        .manifest
+        .precision
+        .as_ref()
+        .and_then(|p| p.measured.get("batch_dependence_max_abs"))
+        .and_then(Value::as_f64)
+        .filter(|d| *d > 1e-5);
+    if let (Some(d), true) = (batch_dependence, batch_size > 1) {
+        eprintln!(
+            "rewardrt: note: this int8 graph quantises activations per batch, so a reward moves by up to {d:.1e} \
+             with its batch neighbours (measured at export); --batch-size 1 makes rewards batch-independent"
+        );
+    }
+    let report = scorer.ep_report();
+    if report.fell_back_to_cpu() {
+        eprintln!("rewardrt: warning: {}", report.summary());
+    } else {
+        eprintln!("rewardrt: {}", report.summary());
     }
 }
 
@@ -167,6 +180,42 @@ struct EvalArgs {
     /// Which output of a multi-objective head to compare (default: the first).
     #[arg(long)]
     label: Option<String>,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port (0 picks a free one; the address is printed on stderr).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Padded cost budget per batch (longest sequence x records).
+    #[arg(long, default_value_t = 16_384)]
+    max_batch_tokens: usize,
+    /// Records per batch (1 turns dynamic batching off).
+    #[arg(long, default_value_t = 64)]
+    max_batch_size: usize,
+    /// Longest a record waits for others to join its batch, in milliseconds.
+    #[arg(long, default_value_t = 5)]
+    max_wait_ms: u64,
+    /// Requests admitted at once; more get 429.
+    #[arg(long, default_value_t = 512)]
+    max_concurrent_requests: usize,
+    /// Records queued or running at once; a request that would exceed it gets 429.
+    #[arg(long, default_value_t = 8192)]
+    max_queued_records: usize,
+    /// Records per request; more get 413.
+    #[arg(long, default_value_t = 1024)]
+    max_records_per_request: usize,
+    /// Request body size in bytes; larger gets 413.
+    #[arg(long, default_value_t = 16 << 20)]
+    max_body_bytes: usize,
+    /// Worker threads, one ONNX Runtime session each (on a GPU 1-2; on CPU, cores / --threads).
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
 }
 
 #[derive(Args)]
@@ -213,6 +262,8 @@ fn main() -> ExitCode {
         Command::Info(args) => info(args).map(|()| ExitCode::SUCCESS),
         Command::Verify(args) => verify_cmd(args),
         Command::Eval(args) => eval_cmd(args),
+        Command::Serve(args) => serve_cmd(args),
+        Command::Load(args) => loadgen::run(&args),
         Command::Bench(args) => bench_cmd(args).map(|()| ExitCode::SUCCESS),
     };
     match result {
@@ -548,6 +599,68 @@ fn eval_cmd(args: EvalArgs) -> Result<ExitCode> {
         return Ok(ExitCode::from(2));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn serve_cmd(args: ServeArgs) -> Result<ExitCode> {
+    let mut config = rewardrt::serve::ServeConfig::new(&args.model.model);
+    config.options = args.model.options(ScorerOptions::default());
+    config.workers = args.workers.max(1);
+    config.max_batch_tokens = args.max_batch_tokens.max(1);
+    config.max_batch_size = args.max_batch_size.max(1);
+    config.max_wait = std::time::Duration::from_millis(args.max_wait_ms);
+    config.max_concurrent_requests = args.max_concurrent_requests.max(1);
+    config.max_queued_records = args.max_queued_records.max(1);
+    config.max_records_per_request = args.max_records_per_request.max(1);
+    config.max_body_bytes = args.max_body_bytes;
+    let batch = config.max_batch_size;
+    config.on_ready = Some(rewardrt::serve::ReadyHook(std::sync::Arc::new(
+        move |scorer: &Scorer| {
+            announce(scorer, batch);
+            eprintln!("rewardrt: ready ({} worker(s))", scorer.backbone().pool_size());
+        },
+    )));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+            .await
+            .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
+        let addr = listener.local_addr()?;
+        eprintln!(
+            "rewardrt: listening on http://{addr} (loading {})",
+            args.model.model.display()
+        );
+        rewardrt::serve::serve(config, listener, shutdown_signal())
+            .await
+            .with_context(|| format!("cannot serve {}", args.model.model.display()))?;
+        eprintln!("rewardrt: stopped after draining in-flight requests");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {},
+        () = terminate => {},
+    }
+    eprintln!("rewardrt: shutting down; finishing in-flight requests");
 }
 
 fn print_eval(report: &eval::EvalReport, label: &str) {

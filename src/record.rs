@@ -139,44 +139,47 @@ pub fn parse_line(line: usize, bytes: &[u8]) -> Result<Record, LineError> {
         Some(v @ (Value::String(_) | Value::Number(_))) => v.clone(),
         Some(_) => return Err(err(&fallback_id, Some("id"), "must be a string or a number".into())),
     };
-    let string = |field: &'static str| -> Result<Option<String>, LineError> {
-        match obj.get(field) {
-            None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(other) => Err(err(&id, Some(field), format!("must be a string, got {}", kind(other)))),
-        }
-    };
+    let input = parse_input(&obj).map_err(|(field, message)| err(&id, field, message))?;
+    Ok(Record { line, id, input })
+}
+
+/// The input of one record object (`text`, `messages`, or `prompt` + `response`); the error names the field.
+///
+/// # Errors
+/// A missing, mistyped or conflicting field: `(field, message)`.
+pub fn parse_input(obj: &serde_json::Map<String, Value>) -> Result<Input, (Option<&'static str>, String)> {
     if let Some(messages) = obj.get("messages") {
         if ["text", "prompt", "response"].iter().any(|f| obj.contains_key(*f)) {
-            return Err(err(
-                &id,
+            return Err((
                 Some("messages"),
                 "give one of `messages`, `prompt` + `response`, or `text`".into(),
             ));
         }
         return parse_messages(messages)
-            .map(|m| Record {
-                line,
-                id: id.clone(),
-                input: Input::Messages(m),
-            })
-            .map_err(|message| err(&id, Some("messages"), message));
+            .map(Input::Messages)
+            .map_err(|message| (Some("messages"), message));
     }
-    let input = match (string("text")?, string("prompt")?, string("response")?) {
-        (Some(text), None, None) => Input::Text(text),
-        (Some(_), _, _) => {
-            return Err(err(
-                &id,
-                Some("text"),
-                "give either `text` or `prompt` + `response`, not both".into(),
-            ))
+    let string = |field: &'static str| -> Result<Option<String>, (Option<&'static str>, String)> {
+        match obj.get(field) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(other) => Err((Some(field), format!("must be a string, got {}", kind(other)))),
         }
-        (None, Some(prompt), Some(response)) => Input::Pair { prompt, response },
-        (None, Some(_), None) => return Err(err(&id, Some("response"), "missing".into())),
-        (None, None, Some(_)) => return Err(err(&id, Some("prompt"), "missing".into())),
-        (None, None, None) => return Err(err(&id, None, "record needs `prompt` and `response`, or `text`".into())),
     };
-    Ok(Record { line, id, input })
+    match (string("text")?, string("prompt")?, string("response")?) {
+        (Some(text), None, None) => Ok(Input::Text(text)),
+        (Some(_), _, _) => Err((
+            Some("text"),
+            "give either `text` or `prompt` + `response`, not both".into(),
+        )),
+        (None, Some(prompt), Some(response)) => Ok(Input::Pair { prompt, response }),
+        (None, Some(_), None) => Err((Some("response"), "missing".into())),
+        (None, None, Some(_)) => Err((Some("prompt"), "missing".into())),
+        (None, None, None) => Err((
+            None,
+            "record needs `prompt` and `response`, `messages`, or `text`".into(),
+        )),
+    }
 }
 
 /// A non-empty array of `{"role": str, "content": str, …}`; the error names the message and field.

@@ -356,6 +356,11 @@ impl Scorer {
 
     /// Like [`Scorer::encode`], saying what truncation and the double-BOS rule did to each record.
     pub fn encode_detailed(&self, inputs: &[Input]) -> Vec<Result<Encoded>> {
+        self.encode_detailed_with(inputs, self.encoder.truncation())
+    }
+
+    /// [`Scorer::encode_detailed`] with another over-length policy (e.g. one chosen per server request).
+    pub fn encode_detailed_with(&self, inputs: &[Input], truncation: Truncation) -> Vec<Result<Encoded>> {
         let mut failed: Vec<Option<Error>> = (0..inputs.len()).map(|_| None).collect();
         let mut texts = Vec::with_capacity(inputs.len());
         let mut owners = Vec::with_capacity(inputs.len());
@@ -371,7 +376,7 @@ impl Scorer {
                 }
             }
         }
-        let mut encoded = self.encoder.encode(&texts).into_iter();
+        let mut encoded = self.encoder.encode_with(&texts, truncation).into_iter();
         let mut owners = owners.into_iter().peekable();
         (0..inputs.len())
             .map(|index| match failed[index].take() {

@@ -10,6 +10,7 @@ mod model_dir;
 mod parity;
 mod precision;
 mod probe;
+mod serve;
 mod truncation;
 
 use std::{
