@@ -198,8 +198,10 @@ struct ServeArgs {
     /// Records per batch (1 turns dynamic batching off).
     #[arg(long, default_value_t = 64)]
     max_batch_size: usize,
-    /// Longest a record waits for others to join its batch, in milliseconds.
-    #[arg(long, default_value_t = 5)]
+    /// Longest a record waits for batch-mates while a worker is free, in milliseconds. 0 (the default) sends
+    /// work to a free worker at once; batches still grow under load, because records wait while every worker
+    /// is busy and the next batch takes all of them, up to the budget.
+    #[arg(long, default_value_t = 0)]
     max_wait_ms: u64,
     /// Requests admitted at once; more get 429.
     #[arg(long, default_value_t = 512)]

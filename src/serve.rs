@@ -6,11 +6,12 @@
 //!                 └──────────────── rewards (oneshot per record) ◀──────────── padded-cost budget)   session each)
 //! ```
 //!
-//! - **Batching.** Records from all requests wait in one queue. The dispatcher flushes when the queue holds a
-//!   full batch (`max_batch_size` records, or a padded cost `longest × count` of `max_batch_tokens`) or when
-//!   the oldest record has waited `max_wait`; it sorts what it has by length and cuts it into batches under the
-//!   budget, so similar lengths share a batch and padding stays small. Each batch goes to one of `workers`
-//!   threads, each with its own ONNX Runtime session (`Session::run` needs `&mut`).
+//! - **Batching.** Records from all requests wait in one queue. When a worker is free, the dispatcher sends it a
+//!   batch as soon as one is full (`max_batch_size` records, or a padded cost `longest × count` of
+//!   `max_batch_tokens`) or the oldest record has waited `max_wait`; while every worker is busy, records pile
+//!   up, and the next batch takes all it can. What waits is sorted by length and cut under the budget, so
+//!   similar lengths share a batch and padding stays small. `workers` threads each own an ONNX Runtime session
+//!   (`Session::run` needs `&mut`).
 //! - **Backpressure.** Admission is all-or-nothing per request: it needs one of `max_concurrent_requests`
 //!   request slots and one queue slot per record (`max_queued_records`); otherwise 429 at once. Memory is
 //!   bounded by these limits and the body limit.
@@ -62,7 +63,8 @@ pub struct ServeConfig {
     pub max_batch_tokens: usize,
     /// Records per batch.
     pub max_batch_size: usize,
-    /// Longest a record waits for others to join its batch.
+    /// Longest a record waits for others to join its batch while a worker is free (while all workers are busy
+    /// records wait for one anyway, and the next batch takes everything waiting, up to the budget).
     pub max_wait: Duration,
     /// Requests admitted at once (queued or running); more get 429.
     pub max_concurrent_requests: usize,
@@ -95,7 +97,7 @@ impl ServeConfig {
             workers: 1,
             max_batch_tokens: 16_384,
             max_batch_size: 64,
-            max_wait: Duration::from_millis(5),
+            max_wait: Duration::ZERO,
             max_concurrent_requests: 512,
             max_queued_records: 8192,
             max_records_per_request: 1024,
@@ -165,7 +167,15 @@ struct AppState {
 
 struct Loaded {
     scorer: Arc<Scorer>,
-    jobs: Mutex<mpsc::Sender<Job>>,
+    jobs: Mutex<mpsc::Sender<Event>>,
+}
+
+impl Drop for Loaded {
+    /// The server is done (in-flight requests answered): let the dispatcher flush and stop, then the workers.
+    fn drop(&mut self) {
+        let jobs = self.jobs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _ = jobs.send(Event::Shutdown);
+    }
 }
 
 impl AppState {
@@ -193,12 +203,17 @@ impl AppState {
         for _ in 0..c.workers.max(1) {
             scorer.score_encoded(vec![Ok(warm.clone())])?;
         }
-        let (jobs, rx) = mpsc::channel::<Job>();
-        let (batches, batch_rx) = mpsc::sync_channel::<Vec<Job>>(c.workers.max(1));
+        let (jobs, rx) = mpsc::channel::<Event>();
+        let (batches, batch_rx) = mpsc::channel::<Vec<Job>>();
         let batch_rx = Arc::new(Mutex::new(batch_rx));
         for _ in 0..c.workers.max(1) {
-            let (scorer, rx, metrics) = (Arc::clone(&scorer), Arc::clone(&batch_rx), self.metrics.clone());
-            std::thread::spawn(move || worker(&scorer, &rx, &metrics));
+            let (scorer, rx, events, metrics) = (
+                Arc::clone(&scorer),
+                Arc::clone(&batch_rx),
+                jobs.clone(),
+                self.metrics.clone(),
+            );
+            std::thread::spawn(move || worker(&scorer, &rx, &events, &metrics));
         }
         let policy = BatchPolicy {
             max_tokens: c.max_batch_tokens,
@@ -263,33 +278,69 @@ impl BatchPolicy {
     }
 }
 
-/// Collects records into batches: flushes when a batch is full or the oldest record has waited `max_wait`.
-fn dispatcher(rx: &mpsc::Receiver<Job>, batches: &mpsc::SyncSender<Vec<Job>>, policy: BatchPolicy, metrics: &Metrics) {
+/// What the dispatcher hears: a record to batch, a worker ready for a batch, or the server going away.
+enum Event {
+    Job(Job),
+    Idle,
+    Shutdown,
+}
+
+/// Forms batches while workers are busy and hands one to each idle worker: a batch goes out when a worker is
+/// free and either the batch is full or its oldest record has waited `max_wait` (or the server is stopping).
+/// Under light load records go out at once (no added latency); under heavy load records pile up while the
+/// workers run, and each next batch is as large as the budget allows.
+fn dispatcher(rx: &mpsc::Receiver<Event>, batches: &mpsc::Sender<Vec<Job>>, policy: BatchPolicy, metrics: &Metrics) {
     let mut pending: VecDeque<Job> = VecDeque::new();
+    let mut idle = 0usize;
+    let mut open = true;
     loop {
-        if pending.is_empty() {
+        let ready = idle > 0 && !pending.is_empty();
+        let event = if !ready {
+            if !open && pending.is_empty() {
+                return;
+            }
             match rx.recv() {
-                Ok(job) => pending.push_back(job),
-                Err(_) => return, // the server is gone and nothing is pending
+                Ok(e) => Some(e),
+                Err(_) => return,
             }
-        }
-        let deadline = pending[0].enqueued + policy.max_wait;
-        let mut open = true;
-        while !policy.full(&pending) {
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            match rx.recv_timeout(deadline - now) {
-                Ok(job) => pending.push_back(job),
-                Err(mpsc::RecvTimeoutError::Timeout) => break,
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    open = false;
-                    break;
+        } else {
+            let waited = pending
+                .iter()
+                .map(|j| j.enqueued)
+                .min()
+                .map_or(Duration::ZERO, |t| t.elapsed());
+            if !open || policy.full(&pending) || waited >= policy.max_wait {
+                None
+            } else {
+                match rx.recv_timeout(policy.max_wait - waited) {
+                    Ok(e) => Some(e),
+                    Err(mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
                 }
             }
+        };
+        let mut handle = |e: Event| match e {
+            Event::Job(job) => pending.push_back(job),
+            Event::Idle => idle += 1,
+            Event::Shutdown => open = false,
+        };
+        if let Some(e) = event {
+            handle(e);
         }
-        for batch in policy.cut(pending.drain(..).collect()) {
+        while let Ok(e) = rx.try_recv() {
+            handle(e);
+        }
+        let waited = pending
+            .iter()
+            .map(|j| j.enqueued)
+            .min()
+            .map_or(Duration::ZERO, |t| t.elapsed());
+        if idle == 0 || pending.is_empty() || !(policy.full(&pending) || waited >= policy.max_wait || !open) {
+            continue;
+        }
+        let mut cut = policy.cut(pending.drain(..).collect()).into_iter();
+        for batch in cut.by_ref().take(idle) {
+            idle -= 1;
             let longest = batch.iter().map(|j| j.ids.len()).max().unwrap_or(0);
             metrics.batch_size.observe(batch.len() as f64);
             metrics.batch_tokens.observe((longest * batch.len()) as f64);
@@ -299,15 +350,17 @@ fn dispatcher(rx: &mpsc::Receiver<Job>, batches: &mpsc::SyncSender<Vec<Job>>, po
                 }
             }
         }
-        if !open {
-            return;
-        }
+        // Batches no worker is free for yet go back; they are re-cut with later arrivals.
+        pending.extend(cut.flatten());
     }
 }
 
-/// Runs batches on the scorer (each worker holds one session at a time) and answers each record.
-fn worker(scorer: &Scorer, rx: &Mutex<mpsc::Receiver<Vec<Job>>>, metrics: &Metrics) {
+/// Runs batches on the scorer and answers each record; tells the dispatcher when it is free.
+fn worker(scorer: &Scorer, rx: &Mutex<mpsc::Receiver<Vec<Job>>>, events: &mpsc::Sender<Event>, metrics: &Metrics) {
     loop {
+        if events.send(Event::Idle).is_err() {
+            return;
+        }
         let batch = {
             let rx = rx.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             match rx.recv() {
@@ -508,7 +561,7 @@ async fn run(
         let sender = loaded.jobs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         for job in jobs {
             sender
-                .send(job)
+                .send(Event::Job(job))
                 .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the server is shutting down"))?;
         }
     }
