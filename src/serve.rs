@@ -516,6 +516,16 @@ async fn run(
             ),
         ));
     }
+    if inputs.len() > c.max_queued_records {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "{} records in one request exceed the queue capacity of {} (--max-queued-records)",
+                inputs.len(),
+                c.max_queued_records
+            ),
+        ));
+    }
     let _request: OwnedSemaphorePermit = Arc::clone(&state.requests).try_acquire_owned().map_err(|_| {
         busy(format!(
             "{} requests in flight (--max-concurrent-requests)",

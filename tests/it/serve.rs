@@ -373,3 +373,31 @@ fn shutdown_drains_in_flight_requests() {
         stderr.lock().unwrap()
     );
 }
+
+#[test]
+fn a_model_that_cannot_load_stops_the_server_with_its_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_rewardrt"))
+        .args(["serve", "--model", "/nonexistent/model", "--port", "0", "--ep", "cpu"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("listening on") && stderr.contains("not a directory"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_request_larger_than_the_queue_is_413_not_a_permanent_429() {
+    let server = Server::start(&bundled(), &["--max-queued-records", "2"]);
+    let (status, body) = server.post("/score", &json!({"inputs": [arith(1), arith(2), arith(3)]}).to_string());
+    assert_eq!(status, 413, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("queue capacity of 2"));
+    assert_eq!(
+        server
+            .post("/score", &json!({"inputs": [arith(1), arith(2)]}).to_string())
+            .0,
+        200
+    );
+}
