@@ -369,18 +369,18 @@ fn worker(scorer: &Scorer, rx: &Mutex<mpsc::Receiver<Vec<Job>>>, events: &mpsc::
             }
         };
         let started = Instant::now();
-        let ids = batch.iter().map(|j| Ok(j.ids.clone())).collect();
+        let (ids, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|j| (Ok(j.ids), (j.reply, j.enqueued))).unzip();
         match scorer.score_encoded(ids) {
             Ok((rewards, _)) => {
-                for (job, r) in batch.into_iter().zip(rewards) {
-                    metrics.queue_wait.observe(job.enqueued.elapsed().as_secs_f64());
-                    let _ = job.reply.send(r.map_err(|e| e.to_string()));
+                for ((reply, enqueued), r) in replies.into_iter().zip(rewards) {
+                    metrics.queue_wait.observe(enqueued.elapsed().as_secs_f64());
+                    let _ = reply.send(r.map_err(|e| e.to_string()));
                 }
             }
             Err(e) => {
                 let message = e.to_string();
-                for job in batch {
-                    let _ = job.reply.send(Err(message.clone()));
+                for (reply, _) in replies {
+                    let _ = reply.send(Err(message.clone()));
                 }
             }
         }
