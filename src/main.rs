@@ -113,6 +113,9 @@ impl ModelArgs {
         if let Some(n) = self.max_length {
             options = options.with_max_length(n);
         }
+        if let Some(path) = &self.ort_library {
+            options = options.with_ort_library(path);
+        }
         options.with_truncation(self.truncation)
     }
 }
