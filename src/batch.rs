@@ -43,6 +43,8 @@ pub struct Encoded {
 #[derive(Debug, Clone)]
 pub struct Encoder {
     tokenizer: Tokenizer,
+    /// Ids of the tokenizer's special added tokens (BOS, role markers, …): never dropped by truncation.
+    special_ids: Vec<u32>,
     max_length: usize,
     bos_id: Option<u32>,
     truncation: Truncation,
@@ -62,8 +64,16 @@ impl Encoder {
         tokenizer
             .with_truncation(None)
             .expect("disabling truncation cannot fail");
+        let mut special_ids: Vec<u32> = tokenizer
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, t)| t.special)
+            .map(|(id, _)| id)
+            .collect();
+        special_ids.sort_unstable();
         Ok(Encoder {
             tokenizer,
+            special_ids,
             max_length,
             bos_id: None,
             truncation: Truncation::Error,
@@ -171,11 +181,15 @@ impl Encoder {
                     self.max_length
                 )));
             }
-            // Prompt tokens: real (not added) tokens lying wholly inside the prompt's byte ranges, earliest first.
+            // Prompt tokens: ordinary tokens (not added by the tokenizer, not special tokens such as BOS or role
+            // markers written in the text) lying wholly inside the prompt's byte ranges, earliest first.
             let droppable: Vec<usize> = (0..ids.len())
                 .filter(|&t| {
                     let (start, end) = offsets[t];
-                    special[t] == 0 && start < end && text.prompt.iter().any(|r| r.start <= start && end <= r.end)
+                    special[t] == 0
+                        && start < end
+                        && self.special_ids.binary_search(&ids[t]).is_err()
+                        && text.prompt.iter().any(|r| r.start <= start && end <= r.end)
                 })
                 .take(excess)
                 .collect();

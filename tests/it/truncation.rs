@@ -127,3 +127,32 @@ fn a_lower_max_length_truncates_earlier_and_keeps_the_end() {
         "the response end stays"
     );
 }
+
+#[test]
+fn text_records_keep_their_special_tokens_when_truncated() {
+    // A pre-formatted text has no prompt/response structure: left truncation drops ordinary tokens from its
+    // start, but never special tokens such as BOS or the role markers written in the text.
+    let scorer = load(
+        &bundled(),
+        ScorerOptions::default()
+            .with_truncation(Truncation::Left)
+            .with_max_length(16),
+    );
+    let text = format!(
+        "<|user|>{}What is 5+6?<|assistant|>11<|end|>",
+        "What is 3+4? ".repeat(4)
+    );
+    let full = load(&bundled(), ScorerOptions::default())
+        .encode(&[Input::text(text.clone())])
+        .pop()
+        .unwrap()
+        .unwrap();
+    let enc = scorer.encode_detailed(&[Input::text(text)]).pop().unwrap().unwrap();
+    assert_eq!(enc.ids.len(), 16);
+    assert_eq!(enc.ids[..2], [1, 4], "BOS and <|user|> stay");
+    assert_eq!(
+        enc.ids[enc.ids.len() - 3..],
+        full[full.len() - 3..],
+        "<|assistant|> 11 <|end|> stay"
+    );
+}
