@@ -389,6 +389,8 @@ fn score(args: ScoreArgs) -> Result<ExitCode> {
             "double_bos_removed": notices.double_bos,
             "load_seconds": load_seconds,
             "score_seconds": score_seconds,
+            "format_tokenize_seconds": notices.tokenize.as_secs_f64(),
+            "model_seconds": notices.model.as_secs_f64(),
             "records_per_second": total as f64 / score_seconds.max(1e-9),
             "execution_provider": scorer.ep_report().effective,
             "threads": args.model.threads,
@@ -453,6 +455,9 @@ struct Notices {
     truncated: usize,
     double_bos: usize,
     pad_eos_warned: bool,
+    /// Time spent formatting and tokenizing, and in the backbone plus selection and head, over the run.
+    tokenize: std::time::Duration,
+    model: std::time::Duration,
 }
 
 impl Notices {
@@ -467,6 +472,8 @@ impl Notices {
     ) {
         self.truncated += stats.truncated;
         self.double_bos += stats.double_bos;
+        self.tokenize += stats.format_tokenize;
+        self.model += stats.backbone + stats.select_head;
         let Some(i) = stats.first_ends_in_pad_eos.filter(|_| !self.pad_eos_warned) else {
             return;
         };
