@@ -5,10 +5,12 @@
 //! holds the backbone graph, which emits hidden states for every position, and the head `W_r` apart from it;
 //! this crate selects each sequence's final real position and applies the head.
 //!
-//! Stages, one module each, in data-flow order: [`record`] (inputs) → [`format`](mod@format) (text) → [`batch`]
-//! (tokenize, group, pad) → [`backbone`] (ONNX Runtime) → [`select`] (last position) → [`head`] (`W_r`),
-//! tied together by [`Scorer`]. [`manifest`] is the model-directory contract, [`runtime`] finds the ONNX
-//! Runtime library, [`ep`] picks execution providers and reports which one really runs.
+//! Stages, one module each, in data-flow order: [`record`] (inputs) → [`format`](mod@format) (text, with
+//! [`chat`] templates) → [`batch`] (tokenize, truncate, group, pad) → [`backbone`] (ONNX Runtime) → [`select`]
+//! (last position) → [`head`] (`W_r`), tied together by [`Scorer`]. [`manifest`] is the model-directory
+//! contract, [`runtime`] finds the ONNX Runtime library, [`ep`] picks execution providers and reports which one
+//! really runs, [`verify`] re-checks parity with PyTorch, [`eval`] measures preference accuracy on pairs, and
+//! `serve` (feature `server`) is the HTTP server with dynamic batching.
 //!
 //! ```
 //! use rewardrt::{Input, Scorer, ScorerOptions};
@@ -23,7 +25,8 @@
 //! # }
 //! ```
 //!
-//! The library never prints and does no network I/O; all file reads happen in [`Scorer::load`].
+//! The library never prints and does no network I/O (except the server's own socket); all file reads happen in
+//! [`Scorer::load`].
 
 pub mod backbone;
 pub mod batch;
