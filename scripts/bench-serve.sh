@@ -17,11 +17,13 @@ concurrency=${CONCURRENCY:-1,4,16,64}
 per_request=${RECORDS_PER_REQUEST:-4}
 wait_ms=${WAIT_MS:-0}
 tmp=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$tmp"' EXIT
+# The servers start inside $(...) subshells, so they are not this shell's jobs: remember their pids.
+trap 'kill $(cat "$tmp/pids" 2>/dev/null) 2>/dev/null || true; rm -rf "$tmp"' EXIT
 
 start() { # name, extra args...
   local name=$1; shift
   "$bin" serve --model "$model" --port 0 --ep cpu --threads "$threads" --workers 1 "$@" >/dev/null 2>"$tmp/$name.log" &
+  echo $! >>"$tmp/pids"
   for _ in $(seq 600); do
     url=$(grep -o 'http://[0-9.:]*' "$tmp/$name.log" | head -1 || true)
     if [ -n "$url" ] && curl -sf "$url/health" >/dev/null 2>&1; then echo "$url"; return; fi
