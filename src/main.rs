@@ -318,12 +318,11 @@ fn score(args: ScoreArgs) -> Result<ExitCode> {
     } else {
         args.input.display().to_string()
     };
-    let expected = count_records(&args.input);
     let mut lines = record::records(open_input(&args.input)?);
     let mut out = open_output(&args.output)?;
     let multi = scorer.num_labels() > 1;
     let (mut total, mut failed) = (0usize, 0usize);
-    let progress = progress_bar(expected, "records");
+    let progress = progress_bar(|| count_records(&args.input), "records");
     let mut notices = Notices::default();
 
     // Stream in chunks: output appears as it is scored and memory stays bounded on large files.
@@ -430,12 +429,13 @@ fn count_records(path: &Path) -> Option<u64> {
     Some(n)
 }
 
-/// A progress bar with rate and ETA on stderr, only when stderr is a terminal.
-fn progress_bar(len: Option<u64>, unit: &str) -> ProgressBar {
+/// A progress bar with rate and ETA on stderr, only when stderr is a terminal (`len` is asked for only then:
+/// counting a file's records reads it once more).
+fn progress_bar(len: impl FnOnce() -> Option<u64>, unit: &str) -> ProgressBar {
     if !io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
-    let (bar, template) = match len {
+    let (bar, template) = match len() {
         Some(n) => (
             ProgressBar::new(n),
             format!("{{bar:40}} {{pos}}/{{len}} {unit} {{per_sec}} ETA {{eta}}"),
@@ -534,7 +534,7 @@ fn eval_cmd(args: EvalArgs) -> Result<ExitCode> {
     };
     let source = args.pairs.display().to_string();
     let rows = eval::read_pairs(open_input(&args.pairs)?).with_context(|| format!("cannot read {source}"))?;
-    let progress = progress_bar(Some(rows.len() as u64), "pairs");
+    let progress = progress_bar(|| Some(rows.len() as u64), "pairs");
     let mut notices = Notices::default();
     let mut margins = Vec::new();
     let mut failed = Vec::new();
