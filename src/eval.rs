@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::{
     chat::Message,
-    record::{parse_messages, LineError},
+    record::{self, parse_messages, LineError},
     Input,
 };
 
@@ -30,41 +30,22 @@ pub struct Pair {
     pub rejected: Input,
 }
 
-/// Reads pairs; entry `i` is line `i`'s pair or its error. Blank lines are skipped.
+/// Reads pairs; one entry per non-blank line, the pair or its error.
 ///
 /// # Errors
 /// Only when reading fails.
 pub fn read_pairs(reader: impl BufRead) -> std::io::Result<Vec<Result<Pair, LineError>>> {
-    let mut out = Vec::new();
-    for (i, line) in reader.split(b'\n').enumerate() {
-        let line = line?;
-        let bytes = line.strip_suffix(b"\r").unwrap_or(&line);
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        out.push(parse_pair(i + 1, bytes));
-    }
-    Ok(out)
+    record::rows(reader, parse_pair).collect()
 }
 
 /// Parses one pair row.
 pub fn parse_pair(line: usize, bytes: &[u8]) -> Result<Pair, LineError> {
+    let (obj, id) = record::parse_object(line, bytes)?;
     let err = |id: &Value, field, message: String| LineError {
         line,
         id: id.clone(),
         field,
         message,
-    };
-    let fallback = Value::from(line);
-    let text = std::str::from_utf8(bytes).map_err(|e| err(&fallback, None, format!("invalid UTF-8: {e}")))?;
-    let value: Value = serde_json::from_str(text).map_err(|e| err(&fallback, None, format!("invalid JSON: {e}")))?;
-    let Value::Object(obj) = value else {
-        return Err(err(&fallback, None, "expected a JSON object".into()));
-    };
-    let id = match obj.get("id") {
-        None | Some(Value::Null) => fallback,
-        Some(v @ (Value::String(_) | Value::Number(_))) => v.clone(),
-        Some(_) => return Err(err(&fallback, Some("id"), "must be a string or a number".into())),
     };
     let subset = match obj.get("subset") {
         None | Some(Value::Null) => DEFAULT_SUBSET.to_owned(),

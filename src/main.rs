@@ -422,11 +422,7 @@ fn count_records(path: &Path) -> Option<u64> {
         return None;
     }
     let reader = BufReader::new(File::open(path).ok()?);
-    let mut n = 0;
-    for line in reader.split(b'\n') {
-        n += u64::from(!line.ok()?.iter().all(u8::is_ascii_whitespace));
-    }
-    Some(n)
+    record::rows(reader, |_, _| Ok(())).try_fold(0, |n, line| line.ok().map(|_| n + 1))
 }
 
 /// A progress bar with rate and ETA on stderr, only when stderr is a terminal (`len` is asked for only then:

@@ -75,23 +75,31 @@ impl std::fmt::Display for LineError {
 /// Streams JSONL records from `reader`, one item per non-blank line, so memory stays bounded on large inputs.
 /// An `Err` item is an I/O failure of the reader itself; a bad line is an `Ok(Err(LineError))` item.
 pub fn records<R: BufRead>(reader: R) -> Records<R> {
+    rows(reader, parse_line)
+}
+
+/// Like [`records`] for rows of another shape: `parse` turns each non-blank line (1-based number, bytes without
+/// the line ending) into a row or its [`LineError`].
+pub fn rows<R: BufRead, T>(reader: R, parse: fn(usize, &[u8]) -> Result<T, LineError>) -> Records<R, T> {
     Records {
         reader,
         buf: Vec::new(),
         line: 0,
+        parse,
     }
 }
 
-/// Iterator returned by [`records`].
+/// Iterator returned by [`records`] and [`rows`].
 #[derive(Debug)]
-pub struct Records<R> {
+pub struct Records<R, T = Record> {
     reader: R,
     buf: Vec<u8>,
     line: usize,
+    parse: fn(usize, &[u8]) -> Result<T, LineError>,
 }
 
-impl<R: BufRead> Iterator for Records<R> {
-    type Item = std::io::Result<Result<Record, LineError>>;
+impl<R: BufRead, T> Iterator for Records<R, T> {
+    type Item = std::io::Result<Result<T, LineError>>;
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
@@ -105,7 +113,7 @@ impl<R: BufRead> Iterator for Records<R> {
             let bytes = self.buf.strip_suffix(b"\n").unwrap_or(&self.buf);
             let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
             if !bytes.iter().all(u8::is_ascii_whitespace) {
-                return Some(Ok(parse_line(self.line, bytes)));
+                return Some(Ok((self.parse)(self.line, bytes)));
             }
         }
     }
@@ -121,26 +129,36 @@ pub fn read_jsonl(reader: impl BufRead) -> std::io::Result<Vec<Result<Record, Li
 
 /// Parses one line (without its newline).
 pub fn parse_line(line: usize, bytes: &[u8]) -> Result<Record, LineError> {
-    let fallback_id = Value::from(line);
-    let err = |id: &Value, field, message: String| LineError {
+    let (obj, id) = parse_object(line, bytes)?;
+    let input = parse_input(&obj).map_err(|(field, message)| LineError {
         line,
         id: id.clone(),
         field,
         message,
+    })?;
+    Ok(Record { line, id, input })
+}
+
+/// The JSON object on one line and its `id` (the line number when it has none); the error names the line.
+pub fn parse_object(line: usize, bytes: &[u8]) -> Result<(serde_json::Map<String, Value>, Value), LineError> {
+    let err = |field, message: String| LineError {
+        line,
+        id: Value::from(line),
+        field,
+        message,
     };
-    let text = std::str::from_utf8(bytes)
-        .map_err(|e| err(&fallback_id, None, format!("invalid UTF-8 at byte {}", e.valid_up_to())))?;
-    let value: Value = serde_json::from_str(text).map_err(|e| err(&fallback_id, None, format!("invalid JSON: {e}")))?;
+    let text =
+        std::str::from_utf8(bytes).map_err(|e| err(None, format!("invalid UTF-8 at byte {}", e.valid_up_to())))?;
+    let value: Value = serde_json::from_str(text).map_err(|e| err(None, format!("invalid JSON: {e}")))?;
     let Value::Object(obj) = value else {
-        return Err(err(&fallback_id, None, "expected a JSON object".into()));
+        return Err(err(None, "expected a JSON object".into()));
     };
     let id = match obj.get("id") {
-        None | Some(Value::Null) => fallback_id,
+        None | Some(Value::Null) => Value::from(line),
         Some(v @ (Value::String(_) | Value::Number(_))) => v.clone(),
-        Some(_) => return Err(err(&fallback_id, Some("id"), "must be a string or a number".into())),
+        Some(_) => return Err(err(Some("id"), "must be a string or a number".into())),
     };
-    let input = parse_input(&obj).map_err(|(field, message)| err(&id, field, message))?;
-    Ok(Record { line, id, input })
+    Ok((obj, id))
 }
 
 /// The input of one record object (`text`, `messages`, or `prompt` + `response`); the error names the field.
