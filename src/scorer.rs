@@ -361,33 +361,31 @@ impl Scorer {
 
     /// [`Scorer::encode_detailed`] with another over-length policy (e.g. one chosen per server request).
     pub fn encode_detailed_with(&self, inputs: &[Input], truncation: Truncation) -> Vec<Result<Encoded>> {
-        let mut failed: Vec<Option<Error>> = (0..inputs.len()).map(|_| None).collect();
+        // Formatting errors stay in place; the formatted texts are tokenized in one call and fill the gaps.
+        let mut failed: Vec<Option<Error>> = Vec::with_capacity(inputs.len());
         let mut texts = Vec::with_capacity(inputs.len());
-        let mut owners = Vec::with_capacity(inputs.len());
         for (index, input) in inputs.iter().enumerate() {
             match self.formatter.format(input) {
                 Ok(text) => {
                     texts.push(text);
-                    owners.push(index);
+                    failed.push(None);
                 }
                 Err(message) => {
                     let field = matches!(input, Input::Messages(_)).then_some("messages");
-                    failed[index] = Some(Error::Record { index, field, message });
+                    failed.push(Some(Error::Record { index, field, message }));
                 }
             }
         }
         let mut encoded = self.encoder.encode_with(&texts, truncation).into_iter();
-        let mut owners = owners.into_iter().peekable();
-        (0..inputs.len())
-            .map(|index| match failed[index].take() {
+        failed
+            .into_iter()
+            .enumerate()
+            .map(|(index, failed)| match failed {
                 Some(e) => Err(e),
-                None => {
-                    owners.next_if_eq(&index).expect("formatted");
-                    encoded.next().expect("one encoding per text").map_err(|e| match e {
-                        Error::Record { field, message, .. } => Error::Record { index, field, message },
-                        other => other,
-                    })
-                }
+                None => encoded.next().expect("one encoding per text").map_err(|e| match e {
+                    Error::Record { field, message, .. } => Error::Record { index, field, message },
+                    other => other,
+                }),
             })
             .collect()
     }
