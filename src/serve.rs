@@ -255,6 +255,12 @@ impl BatchPolicy {
         pending.len() >= self.max_size || longest * pending.len() >= self.max_tokens
     }
 
+    /// True when `pending` should go to a free worker now: a batch is full, the oldest record has `waited`
+    /// `max_wait`, or the server is stopping.
+    fn due(&self, pending: &VecDeque<Job>, waited: Duration, open: bool) -> bool {
+        !open || self.full(pending) || waited >= self.max_wait
+    }
+
     /// Sorts by length (longest first) and cuts into batches of at most `max_size` records and a padded cost
     /// (`longest × count`) of at most `max_tokens` (a single longer record still gets a batch of its own).
     fn cut(&self, mut jobs: Vec<Job>) -> Vec<Vec<Job>> {
@@ -289,12 +295,22 @@ enum Event {
 /// free and either the batch is full or its oldest record has waited `max_wait` (or the server is stopping).
 /// Under light load records go out at once (no added latency); under heavy load records pile up while the
 /// workers run, and each next batch is as large as the budget allows.
+/// How long the oldest pending record has waited (zero when none is pending).
+fn oldest_wait(pending: &VecDeque<Job>) -> Duration {
+    pending
+        .iter()
+        .map(|j| j.enqueued.elapsed())
+        .max()
+        .unwrap_or(Duration::ZERO)
+}
+
 fn dispatcher(rx: &mpsc::Receiver<Event>, batches: &mpsc::Sender<Vec<Job>>, policy: BatchPolicy, metrics: &Metrics) {
     let mut pending: VecDeque<Job> = VecDeque::new();
     let mut idle = 0usize;
     let mut open = true;
     loop {
         let ready = idle > 0 && !pending.is_empty();
+        let waited = oldest_wait(&pending);
         let event = if !ready {
             if !open && pending.is_empty() {
                 return;
@@ -303,20 +319,13 @@ fn dispatcher(rx: &mpsc::Receiver<Event>, batches: &mpsc::Sender<Vec<Job>>, poli
                 Ok(e) => Some(e),
                 Err(_) => return,
             }
+        } else if policy.due(&pending, waited, open) {
+            None
         } else {
-            let waited = pending
-                .iter()
-                .map(|j| j.enqueued)
-                .min()
-                .map_or(Duration::ZERO, |t| t.elapsed());
-            if !open || policy.full(&pending) || waited >= policy.max_wait {
-                None
-            } else {
-                match rx.recv_timeout(policy.max_wait - waited) {
-                    Ok(e) => Some(e),
-                    Err(mpsc::RecvTimeoutError::Timeout) => None,
-                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
-                }
+            match rx.recv_timeout(policy.max_wait - waited) {
+                Ok(e) => Some(e),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
             }
         };
         let mut handle = |e: Event| match e {
@@ -330,12 +339,7 @@ fn dispatcher(rx: &mpsc::Receiver<Event>, batches: &mpsc::Sender<Vec<Job>>, poli
         while let Ok(e) = rx.try_recv() {
             handle(e);
         }
-        let waited = pending
-            .iter()
-            .map(|j| j.enqueued)
-            .min()
-            .map_or(Duration::ZERO, |t| t.elapsed());
-        if idle == 0 || pending.is_empty() || !(policy.full(&pending) || waited >= policy.max_wait || !open) {
+        if idle == 0 || pending.is_empty() || !policy.due(&pending, oldest_wait(&pending), open) {
             continue;
         }
         let mut cut = policy.cut(pending.drain(..).collect()).into_iter();
