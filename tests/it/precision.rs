@@ -50,22 +50,27 @@ fn float16_and_int8_score_within_their_recorded_drift() {
     }
 }
 
-#[test]
-fn float16_rewards_do_not_depend_on_the_batch() {
-    let dir = fixture("tiny-llama-fp16");
+/// Rewards of three texts scored one at a time, and together in one batch padded on `side`.
+fn alone_and_batched(dir: &std::path::Path, side: PaddingSide) -> (Vec<f32>, Vec<f32>) {
     let inputs: Vec<Input> = ["Hello there,", "The quick brown fox jumps over the lazy dog.", "a"]
         .into_iter()
         .map(|t| Input::text(t.to_owned()))
         .collect();
-    let alone = load(&dir, ScorerOptions::default().with_batch_size(1));
-    let batched = load(&dir, ScorerOptions::default().with_padding_side(PaddingSide::Left));
-    let one: Vec<f32> = inputs.iter().map(|i| alone.score_one(i).unwrap()[0]).collect();
-    let all: Vec<f32> = batched
+    let alone = load(dir, ScorerOptions::default().with_batch_size(1));
+    let batched = load(dir, ScorerOptions::default().with_padding_side(side));
+    let one = inputs.iter().map(|i| alone.score_one(i).unwrap()[0]).collect();
+    let all = batched
         .score(&inputs)
         .unwrap()
         .into_iter()
         .map(|r| r.unwrap()[0])
         .collect();
+    (one, all)
+}
+
+#[test]
+fn float16_rewards_do_not_depend_on_the_batch() {
+    let (one, all) = alone_and_batched(&fixture("tiny-llama-fp16"), PaddingSide::Left);
     for (a, b) in one.iter().zip(&all) {
         assert!((a - b).abs() <= 1e-5, "batch of one {a} vs left-padded batch {b}");
     }
@@ -77,19 +82,7 @@ fn int8_batch_dependence_stays_within_what_the_exporter_measured() {
     let dir = fixture("tiny-llama-int8");
     let bound = precision(&dir)["batch_dependence_max_abs"].as_f64().unwrap() as f32;
     let tolerance = precision(&dir)["verify_tolerance"].as_f64().unwrap() as f32;
-    let inputs: Vec<Input> = ["Hello there,", "The quick brown fox jumps over the lazy dog.", "a"]
-        .into_iter()
-        .map(|t| Input::text(t.to_owned()))
-        .collect();
-    let alone = load(&dir, ScorerOptions::default().with_batch_size(1));
-    let batched = load(&dir, ScorerOptions::default());
-    let one: Vec<f32> = inputs.iter().map(|i| alone.score_one(i).unwrap()[0]).collect();
-    let all: Vec<f32> = batched
-        .score(&inputs)
-        .unwrap()
-        .into_iter()
-        .map(|r| r.unwrap()[0])
-        .collect();
+    let (one, all) = alone_and_batched(&dir, PaddingSide::Right);
     let worst = one.iter().zip(&all).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     assert!(
         bound > 0.0 && worst <= tolerance,
