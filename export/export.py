@@ -601,24 +601,21 @@ def export_model(
             """Parity of the graph at ``path``; raises ExportError above the tolerance."""
             session = ort_session(path)
             result = {}
+
+            def check(key: str, diff: float, what_diff: str) -> None:
+                result[key] = diff
+                log(f"{what}: {what_diff} = {diff:.3e}")
+                if not diff <= tolerance:
+                    raise ExportError(f"{what} failed: {what_diff} = {diff:.3e} > {tolerance:.0e}")
+
             for side in ("right", "left"):
                 got = onnx_rewards(session, head, seqs, pad_id, side, last_token)
-                diff = float(np.max(np.abs(got - reference)))
-                result[f"max_abs_diff_{side}_padding"] = diff
-                log(f"{what} ({side} padding, {len(seqs)} records): max |onnx - torch| = {diff:.3e}")
-                if not diff <= tolerance:
-                    raise ExportError(
-                        f"{what} failed with {side} padding: max |onnx - torch| = {diff:.3e} > {tolerance:.0e}"
-                    )
+                check(f"max_abs_diff_{side}_padding", float(np.max(np.abs(got - reference))),
+                      f"max |onnx - torch| with {side} padding ({len(seqs)} records)")
                 if layer_names:
                     states = onnx_layer_states(session, layer_names, seqs, pad_id, side, last_token)
-                    diff = float(np.max(np.abs(states - layer_reference)))
-                    result[f"max_abs_diff_layers_{side}_padding"] = diff
-                    log(f"{what} ({side} padding): max |onnx - torch| over {len(layer_names)} layer states = {diff:.3e}")
-                    if not diff <= tolerance:
-                        raise ExportError(
-                            f"{what} failed for the layer outputs with {side} padding: {diff:.3e} > {tolerance:.0e}"
-                        )
+                    check(f"max_abs_diff_layers_{side}_padding", float(np.max(np.abs(states - layer_reference))),
+                          f"max |onnx - torch| over {len(layer_names)} layer states with {side} padding")
             return result
 
         parity = {"tolerance": tolerance, "records": len(seqs), **gate(graph_path, "parity gate")}
