@@ -56,7 +56,6 @@ impl Message {
 pub struct ChatTemplate {
     env: Environment<'static>,
     special: BTreeMap<String, Value>,
-    bos_token: Option<String>,
 }
 
 impl ChatTemplate {
@@ -117,22 +116,12 @@ impl ChatTemplate {
         env.add_filter("tojson", tojson);
         env.add_template_owned(NAME, without_generation_tags(&source))
             .map_err(|e| format!("chat template does not compile: {e:#}"))?;
-        let bos_token = special_tokens.get("bos_token").cloned();
         let mut special: BTreeMap<String, Value> =
             special_tokens.into_iter().map(|(k, v)| (k, Value::from(v))).collect();
         special
             .entry("add_generation_prompt".into())
             .or_insert(Value::from(false));
-        Ok(ChatTemplate {
-            env,
-            special,
-            bos_token,
-        })
-    }
-
-    /// The BOS token's text, when the tokenizer config names one.
-    pub fn bos_token(&self) -> Option<&str> {
-        self.bos_token.as_deref()
+        Ok(ChatTemplate { env, special })
     }
 
     /// Renders `messages` (with `add_generation_prompt = false`: the last message is the scored response).

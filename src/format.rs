@@ -55,11 +55,6 @@ impl Formatter {
         self
     }
 
-    /// The chat template, when the model has one.
-    pub fn chat_template(&self) -> Option<&ChatTemplate> {
-        self.chat.as_ref()
-    }
-
     /// True when `prompt`/`response` records go through the chat template.
     pub fn pairs_use_chat(&self) -> bool {
         self.pairs_use_chat && self.chat.is_some()
