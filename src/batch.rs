@@ -155,65 +155,64 @@ impl Encoder {
             field: None,
             message,
         };
-        let mut ids: Vec<u32> = enc.get_ids().to_vec();
-        let mut offsets = enc.get_offsets().to_vec();
-        let mut special = enc.get_special_tokens_mask().to_vec();
+        let all = enc.get_ids();
         let double_bos = text.add_special_tokens
             && self
                 .bos_id
-                .is_some_and(|bos| ids.len() >= 2 && ids[0] == bos && ids[1] == bos);
-        if double_bos {
-            ids.remove(0);
-            offsets.remove(0);
-            special.remove(0);
-        }
+                .is_some_and(|bos| all.len() >= 2 && all[0] == bos && all[1] == bos);
+        // Views past the extra BOS; nothing is copied until the ids are returned.
+        let skip = usize::from(double_bos);
+        let ids = &all[skip..];
         if ids.is_empty() {
             return Err(fail("text tokenizes to no tokens".into()));
         }
         let excess = ids.len().saturating_sub(self.max_length);
-        let mut dropped = 0;
-        if excess > 0 {
-            if truncation == Truncation::Error {
-                return Err(fail(format!(
-                    "{} tokens exceed max_length {}; refusing to cut the sequence because the reward is read at its \
-                     last token (--truncation left drops prompt tokens instead)",
-                    ids.len(),
-                    self.max_length
-                )));
-            }
-            // Prompt tokens: ordinary tokens (not added by the tokenizer, not special tokens such as BOS or role
-            // markers written in the text) lying wholly inside the prompt's byte ranges, earliest first.
-            let droppable: Vec<usize> = (0..ids.len())
-                .filter(|&t| {
-                    let (start, end) = offsets[t];
-                    special[t] == 0
-                        && start < end
-                        && self.special_ids.binary_search(&ids[t]).is_err()
-                        && text.prompt.iter().any(|r| r.start <= start && end <= r.end)
-                })
-                .take(excess)
-                .collect();
-            if droppable.len() < excess {
-                return Err(fail(format!(
-                    "{} tokens exceed max_length {} and dropping the whole prompt ({} tokens) is not enough: the \
-                     response and template alone are too long",
-                    ids.len(),
-                    self.max_length,
-                    droppable.len()
-                )));
-            }
-            let mut drop = droppable.into_iter().peekable();
-            let mut t = 0;
-            ids.retain(|_| {
-                let gone = drop.next_if_eq(&t).is_some();
-                t += 1;
-                !gone
+        if excess == 0 {
+            return Ok(Encoded {
+                ids: ids.iter().map(|&id| i64::from(id)).collect(),
+                dropped: 0,
+                double_bos,
             });
-            dropped = excess;
         }
+        if truncation == Truncation::Error {
+            return Err(fail(format!(
+                "{} tokens exceed max_length {}; refusing to cut the sequence because the reward is read at its \
+                 last token (--truncation left drops prompt tokens instead)",
+                ids.len(),
+                self.max_length
+            )));
+        }
+        // Prompt tokens: ordinary tokens (not added by the tokenizer, not special tokens such as BOS or role
+        // markers written in the text) lying wholly inside the prompt's byte ranges, earliest first.
+        let (offsets, added) = (&enc.get_offsets()[skip..], &enc.get_special_tokens_mask()[skip..]);
+        let droppable: Vec<usize> = (0..ids.len())
+            .filter(|&t| {
+                let (start, end) = offsets[t];
+                added[t] == 0
+                    && start < end
+                    && self.special_ids.binary_search(&ids[t]).is_err()
+                    && text.prompt.iter().any(|r| r.start <= start && end <= r.end)
+            })
+            .take(excess)
+            .collect();
+        if droppable.len() < excess {
+            return Err(fail(format!(
+                "{} tokens exceed max_length {} and dropping the whole prompt ({} tokens) is not enough: the \
+                 response and template alone are too long",
+                ids.len(),
+                self.max_length,
+                droppable.len()
+            )));
+        }
+        let mut drop = droppable.into_iter().peekable();
         Ok(Encoded {
-            ids: ids.into_iter().map(i64::from).collect(),
-            dropped,
+            ids: ids
+                .iter()
+                .enumerate()
+                .filter(|(t, _)| drop.next_if_eq(t).is_none())
+                .map(|(_, &id)| i64::from(id))
+                .collect(),
+            dropped: excess,
             double_bos,
         })
     }
