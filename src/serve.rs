@@ -14,7 +14,8 @@
 //!   (`Session::run` needs `&mut`).
 //! - **Backpressure.** Admission is all-or-nothing per request: it needs one of `max_concurrent_requests`
 //!   request slots and one queue slot per record (`max_queued_records`); otherwise 429 at once. Memory is
-//!   bounded by these limits and the body limit.
+//!   bounded by these limits and the body limit. Queue slots travel with the records, so a client that
+//!   disconnects frees them only when its records leave the queue (dropped unscored, as nobody waits).
 //! - **Errors.** A malformed body is 400, a wrong shape 422, a bad record 422 naming its index (no record of
 //!   that request is scored; other requests are untouched), over-limit 413, queue full 429, still loading 503,
 //!   a model failure 500 with its message. Handlers return errors; nothing panics on input.
@@ -239,6 +240,35 @@ struct Job {
     ids: Vec<i64>,
     reply: oneshot::Sender<Result<Vec<f32>, String>>,
     enqueued: Instant,
+    /// The request's queue slots, shared by its records: they come free when its last record has been answered
+    /// or dropped, not when the handler returns, so a client that disconnects cannot make room for more records
+    /// than `max_queued_records`.
+    claim: Arc<Claim>,
+}
+
+/// A request's hold on the queue: its record slots and its share of the queue-depth gauge.
+struct Claim {
+    _slots: OwnedSemaphorePermit,
+    depth: Gauge,
+    records: i64,
+}
+
+impl Claim {
+    fn new(slots: OwnedSemaphorePermit, depth: &Gauge, records: usize) -> Self {
+        let records = i64::try_from(records).unwrap_or(i64::MAX);
+        depth.inc_by(records);
+        Claim {
+            _slots: slots,
+            depth: depth.clone(),
+            records,
+        }
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.depth.dec_by(self.records);
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -291,10 +321,6 @@ enum Event {
     Shutdown,
 }
 
-/// Forms batches while workers are busy and hands one to each idle worker: a batch goes out when a worker is
-/// free and either the batch is full or its oldest record has waited `max_wait` (or the server is stopping).
-/// Under light load records go out at once (no added latency); under heavy load records pile up while the
-/// workers run, and each next batch is as large as the budget allows.
 /// How long the oldest pending record has waited (zero when none is pending).
 fn oldest_wait(pending: &VecDeque<Job>) -> Duration {
     pending
@@ -304,6 +330,11 @@ fn oldest_wait(pending: &VecDeque<Job>) -> Duration {
         .unwrap_or(Duration::ZERO)
 }
 
+/// Forms batches while workers are busy and hands one to each idle worker: a batch goes out when a worker is
+/// free and either the batch is full or its oldest record has waited `max_wait` (or the server is stopping).
+/// Under light load records go out at once (no added latency); under heavy load records pile up while the
+/// workers run, and each next batch is as large as the budget allows. Records whose client has gone away are
+/// dropped unscored.
 fn dispatcher(rx: &mpsc::Receiver<Event>, batches: &mpsc::Sender<Vec<Job>>, policy: BatchPolicy, metrics: &Metrics) {
     let mut pending: VecDeque<Job> = VecDeque::new();
     let mut idle = 0usize;
@@ -339,6 +370,7 @@ fn dispatcher(rx: &mpsc::Receiver<Event>, batches: &mpsc::Sender<Vec<Job>>, poli
         while let Ok(e) = rx.try_recv() {
             handle(e);
         }
+        pending.retain(|j| !j.reply.is_closed());
         if idle == 0 || pending.is_empty() || !policy.due(&pending, oldest_wait(&pending), open) {
             continue;
         }
@@ -373,17 +405,20 @@ fn worker(scorer: &Scorer, rx: &Mutex<mpsc::Receiver<Vec<Job>>>, events: &mpsc::
             }
         };
         let started = Instant::now();
-        let (ids, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|j| (Ok(j.ids), (j.reply, j.enqueued))).unzip();
+        let (ids, replies): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .map(|j| (Ok(j.ids), (j.reply, j.enqueued, j.claim)))
+            .unzip();
         match scorer.score_encoded(ids) {
             Ok((rewards, _)) => {
-                for ((reply, enqueued), r) in replies.into_iter().zip(rewards) {
+                for ((reply, enqueued, _claim), r) in replies.into_iter().zip(rewards) {
                     metrics.queue_wait.observe(enqueued.elapsed().as_secs_f64());
                     let _ = reply.send(r.map_err(|e| e.to_string()));
                 }
             }
             Err(e) => {
                 let message = e.to_string();
-                for (reply, _) in replies {
+                for (reply, _, _claim) in replies {
                     let _ = reply.send(Err(message.clone()));
                 }
             }
@@ -538,14 +573,13 @@ async fn run(
     })?;
     let n = inputs.len();
     let permits = u32::try_from(n).unwrap_or(u32::MAX);
-    let _queued = Arc::clone(&state.queue).try_acquire_many_owned(permits).map_err(|_| {
+    let slots = Arc::clone(&state.queue).try_acquire_many_owned(permits).map_err(|_| {
         busy(format!(
             "the queue is full ({} records, --max-queued-records)",
             c.max_queued_records
         ))
     })?;
-    state.metrics.queue_depth.inc_by(n as i64);
-    let _depth = DepthGuard(&state.metrics.queue_depth, n as i64);
+    let claim = Arc::new(Claim::new(slots, &state.metrics.queue_depth, n));
 
     // Formatting and tokenizing are CPU work: off the async threads.
     let scorer = Arc::clone(&loaded.scorer);
@@ -569,6 +603,7 @@ async fn run(
                 ids: e.ids,
                 reply,
                 enqueued: Instant::now(),
+                claim: Arc::clone(&claim),
             });
             receivers.push(rx);
         }
@@ -593,15 +628,6 @@ async fn run(
 
 fn busy(message: String) -> ApiError {
     ApiError::new(StatusCode::TOO_MANY_REQUESTS, message)
-}
-
-/// Lowers the queue-depth gauge when a request's records leave, however the request ends.
-struct DepthGuard<'a>(&'a Gauge, i64);
-
-impl Drop for DepthGuard<'_> {
-    fn drop(&mut self) {
-        self.0.dec_by(self.1);
-    }
 }
 
 async fn health(State(state): State<Arc<AppState>>) -> Response {
@@ -774,12 +800,26 @@ impl Metrics {
 mod tests {
     use super::*;
 
-    fn job(len: usize) -> Job {
-        Job {
+    /// A job of `len` tokens holding `claim`, and the receiver its client waits on.
+    fn job_for(len: usize, claim: &Arc<Claim>) -> (Job, oneshot::Receiver<Result<Vec<f32>, String>>) {
+        let (reply, rx) = oneshot::channel();
+        let job = Job {
             ids: vec![1; len],
-            reply: oneshot::channel().0,
+            reply,
             enqueued: Instant::now(),
-        }
+            claim: Arc::clone(claim),
+        };
+        (job, rx)
+    }
+
+    fn claim(queue: &Arc<Semaphore>, depth: &Gauge, records: u32) -> Arc<Claim> {
+        let slots = Arc::clone(queue).try_acquire_many_owned(records).expect("free slots");
+        Arc::new(Claim::new(slots, depth, records as usize))
+    }
+
+    fn job(len: usize) -> Job {
+        let queue = Arc::new(Semaphore::new(1));
+        job_for(len, &claim(&queue, &Gauge::default(), 1)).0
     }
 
     #[test]
@@ -826,5 +866,43 @@ mod tests {
         assert!(policy.full(&pending));
         let pending: VecDeque<Job> = [1, 1, 1, 1].into_iter().map(job).collect();
         assert!(policy.full(&pending));
+    }
+
+    #[test]
+    fn records_of_a_client_that_left_are_dropped_unscored_and_free_their_queue_slots() {
+        let queue = Arc::new(Semaphore::new(4));
+        let depth = Gauge::default();
+        let (events, rx) = mpsc::channel();
+        // A request of two records whose client disconnected, and one of a client still waiting.
+        let gone = claim(&queue, &depth, 2);
+        for len in [7, 9] {
+            let (job, client) = job_for(len, &gone);
+            drop(client);
+            events.send(Event::Job(job)).unwrap();
+        }
+        drop(gone);
+        let (job, mut waiting) = job_for(5, &claim(&queue, &depth, 1));
+        events.send(Event::Job(job)).unwrap();
+        assert_eq!((queue.available_permits(), depth.get()), (1, 3));
+
+        let (batches, batch_rx) = mpsc::channel();
+        let policy = BatchPolicy {
+            max_tokens: 1000,
+            max_size: 8,
+            max_wait: Duration::ZERO,
+        };
+        let dispatcher = std::thread::spawn(move || dispatcher(&rx, &batches, policy, &Metrics::new()));
+        events.send(Event::Idle).unwrap();
+        let batch = batch_rx.recv_timeout(Duration::from_secs(10)).expect("a batch");
+        assert_eq!(batch.iter().map(|j| j.ids.len()).collect::<Vec<_>>(), vec![5]);
+        // The departed request's slots are free; the waiting one's are held until its record is answered.
+        assert_eq!((queue.available_permits(), depth.get()), (3, 1));
+        for j in batch {
+            j.reply.send(Ok(vec![1.0])).unwrap();
+        }
+        assert_eq!(waiting.try_recv().unwrap(), Ok(vec![1.0]));
+        assert_eq!((queue.available_permits(), depth.get()), (4, 0));
+        events.send(Event::Shutdown).unwrap();
+        dispatcher.join().unwrap();
     }
 }

@@ -401,3 +401,34 @@ fn a_request_larger_than_the_queue_is_413_not_a_permanent_429() {
         200
     );
 }
+
+#[test]
+fn a_client_that_disconnects_holds_its_queue_slots_until_its_records_are_dropped_unscored() {
+    // Records wait 1.5 s for batch-mates, so the first request is still queued when its client goes away.
+    let server = Server::start(&bundled(), &["--max-wait-ms", "1500", "--max-queued-records", "8"]);
+    let body = json!({"inputs": (0..8).map(arith).collect::<Vec<_>>()}).to_string();
+    let addr = server.url.trim_start_matches("http://").to_owned();
+    let mut socket = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        socket,
+        "POST /score HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let depth = || metric(&server.get("/metrics").1, "rewardrt_queue_depth");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while depth() < 8.0 {
+        assert!(Instant::now() < deadline, "the 8 records were never queued");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(socket);
+    // Its slots come free once the dispatcher drops the records nobody waits for; none of them is scored.
+    while depth() > 0.0 {
+        assert!(Instant::now() < deadline, "the departed client's records stayed queued");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, got) = server.post("/score", &json!({"inputs": [arith(1)]}).to_string());
+    assert_eq!(status, 200, "{got}");
+    let metrics = server.get("/metrics").1;
+    assert_eq!(metric(&metrics, "rewardrt_batch_size_sum"), 1.0, "{metrics}");
+}
