@@ -42,7 +42,12 @@ use axum::{
 };
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{exponential_buckets, Histogram},
+    },
     registry::Registry,
 };
 use serde::Deserialize;
@@ -725,22 +730,15 @@ struct Metrics {
 
 impl Metrics {
     fn new() -> Self {
-        let exp = |start, factor, n| prometheus_client::metrics::histogram::exponential_buckets(start, factor, n);
-        let requests = Family::<RequestLabels, Counter>::default();
-        let latency = Family::<EndpointLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
-                0.0005, 2.0, 16,
-            ))
-        });
         let m = Metrics {
             registry: Arc::new(Registry::default()),
-            requests,
-            latency,
+            requests: Family::default(),
+            latency: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 16))),
             records: Counter::default(),
-            batch_size: Histogram::new(exp(1.0, 2.0, 10)),
-            batch_tokens: Histogram::new(exp(16.0, 2.0, 14)),
-            batch_seconds: Histogram::new(exp(0.0005, 2.0, 16)),
-            queue_wait: Histogram::new(exp(0.0001, 2.0, 18)),
+            batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
+            batch_tokens: Histogram::new(exponential_buckets(16.0, 2.0, 14)),
+            batch_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            queue_wait: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
             queue_depth: Gauge::default(),
         };
         let mut r = Registry::with_prefix("rewardrt");
