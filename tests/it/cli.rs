@@ -342,26 +342,29 @@ fn score_stats_file_reports_the_run() {
     assert!(stats["records_per_second"].as_f64().unwrap() > 0.0);
 }
 
+/// `rewardrt eval` on the bundled model (CPU) with `pairs` and further arguments.
+fn eval(pairs: &std::path::Path, extra: &[&str]) -> Output {
+    let model = model();
+    let args = [
+        "eval",
+        "--model",
+        &model,
+        "--ep",
+        "cpu",
+        "--pairs",
+        pairs.to_str().unwrap(),
+    ];
+    rewardrt(&[&args[..], extra].concat(), b"")
+}
+
 #[test]
 fn eval_prints_per_subset_accuracy_and_writes_report_and_plot() {
     let tmp = tempfile::tempdir().unwrap();
     let (report, plot) = (tmp.path().join("report.json"), tmp.path().join("margins.svg"));
     let pairs = bundled().join("../../examples/arith-pairs.jsonl");
-    let out = rewardrt(
-        &[
-            "eval",
-            "--model",
-            &model(),
-            "--ep",
-            "cpu",
-            "--pairs",
-            pairs.to_str().unwrap(),
-            "--report",
-            report.to_str().unwrap(),
-            "--plot",
-            plot.to_str().unwrap(),
-        ],
-        b"",
+    let out = eval(
+        &pairs,
+        &["--report", report.to_str().unwrap(), "--plot", plot.to_str().unwrap()],
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
@@ -402,18 +405,7 @@ fn eval_reports_bad_rows_and_evaluates_the_rest() {
          {\"prompt\":\"What is 3+3?\",\"chosen\":\"6\",\"rejected\":\"60\",\"subset\":\"s\"}\n",
     )
     .unwrap();
-    let out = rewardrt(
-        &[
-            "eval",
-            "--model",
-            &model(),
-            "--ep",
-            "cpu",
-            "--pairs",
-            pairs.to_str().unwrap(),
-        ],
-        b"",
-    );
+    let out = eval(&pairs, &[]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("line 2, field `rejected`: missing"), "{stderr}");
@@ -422,20 +414,7 @@ fn eval_reports_bad_rows_and_evaluates_the_rest() {
         "the good rows were evaluated"
     );
     let svg = tmp.path().join("m.png");
-    let out = rewardrt(
-        &[
-            "eval",
-            "--model",
-            &model(),
-            "--ep",
-            "cpu",
-            "--pairs",
-            pairs.to_str().unwrap(),
-            "--plot",
-            svg.to_str().unwrap(),
-        ],
-        b"",
-    );
+    let out = eval(&pairs, &["--plot", svg.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("only .svg is supported"));
 }
 
