@@ -335,38 +335,50 @@ fn score(args: ScoreArgs) -> Result<ExitCode> {
         if chunk.is_empty() {
             break;
         }
-        total += chunk.len();
-        let records: Vec<&record::Record> = chunk.iter().filter_map(|l| l.as_ref().ok()).collect();
-        let inputs: Vec<Input> = records.iter().map(|r| r.input.clone()).collect();
+        let lines_read = chunk.len();
+        total += lines_read;
+        // The inputs move out to be scored; each record's line and id stay for its output line.
+        let (mut inputs, mut records) = (Vec::with_capacity(lines_read), Vec::with_capacity(lines_read));
+        let bad: Vec<Option<record::LineError>> = chunk
+            .into_iter()
+            .map(|line| match line {
+                Ok(r) => {
+                    inputs.push(r.input);
+                    records.push((r.line, r.id));
+                    None
+                }
+                Err(e) => Some(e),
+            })
+            .collect();
         let (scored, stats) = scorer.score_full(&inputs, args.layer)?;
         notices.observe(&scorer, &stats, &inputs, &scored, &progress, |i| {
-            format!("{source}:line {} (id {})", records[i].line, records[i].id)
+            format!("{source}:line {} (id {})", records[i].0, records[i].1)
         });
-        let mut scored = scored.into_iter();
-        for line in &chunk {
-            let value = match line {
-                Err(e) => {
+        let mut scored = records.into_iter().zip(scored);
+        for bad in bad {
+            let value = match bad {
+                Some(e) => {
                     failed += 1;
                     progress.suspend(|| eprintln!("rewardrt: {source}:{e}"));
                     json!({"id": e.id, "error": e.to_string()})
                 }
-                Ok(record) => match scored.next().expect("one result per record") {
-                    Ok(Scored { rewards, hidden }) => {
+                None => match scored.next().expect("one result per record") {
+                    ((_, id), Ok(Scored { rewards, hidden })) => {
                         let mut value = if multi {
-                            json!({"id": record.id, "rewards": rewards})
+                            json!({"id": id, "rewards": rewards})
                         } else {
-                            json!({"id": record.id, "reward": rewards[0]})
+                            json!({"id": id, "reward": rewards[0]})
                         };
                         if let Some(hidden) = hidden {
                             value["hidden"] = json!(hidden);
                         }
                         value
                     }
-                    Err(e) => {
+                    ((line, id), Err(e)) => {
                         failed += 1;
                         let message = record_error(e);
-                        progress.suspend(|| eprintln!("rewardrt: {source}:line {}: {message}", record.line));
-                        json!({"id": record.id, "error": format!("line {}: {message}", record.line)})
+                        progress.suspend(|| eprintln!("rewardrt: {source}:line {line}: {message}"));
+                        json!({"id": id, "error": format!("line {line}: {message}")})
                     }
                 },
             };
@@ -374,7 +386,7 @@ fn score(args: ScoreArgs) -> Result<ExitCode> {
             out.write_all(b"\n")?;
         }
         out.flush()?;
-        progress.inc(chunk.len() as u64);
+        progress.inc(lines_read as u64);
     }
     progress.finish_and_clear();
     out.flush()?;
