@@ -564,19 +564,17 @@ fn eval_cmd(args: EvalArgs) -> Result<ExitCode> {
         }
         let mut scored = scored.into_iter();
         for pair in pairs {
-            match (scored.next().expect("chosen"), scored.next().expect("rejected")) {
-                (Ok(c), Ok(r)) => margins.push((pair.subset.clone(), f64::from(c.rewards[label] - r.rewards[label]))),
-                (c, r) => {
-                    let (side, e) = match (c, r) {
-                        (Err(e), _) => ("chosen", e),
-                        (_, Err(e)) => ("rejected", e),
-                        _ => unreachable!("one side failed"),
-                    };
-                    let message = format!("line {}, {side}: {}", pair.line, record_error(e));
-                    progress.suspend(|| eprintln!("rewardrt: {source}:{message}"));
-                    failed.push(json!({"line": pair.line, "id": pair.id, "error": message}));
+            let (side, e) = match (scored.next().expect("chosen"), scored.next().expect("rejected")) {
+                (Ok(c), Ok(r)) => {
+                    margins.push((pair.subset.clone(), f64::from(c.rewards[label] - r.rewards[label])));
+                    continue;
                 }
-            }
+                (Err(e), _) => ("chosen", e),
+                (_, Err(e)) => ("rejected", e),
+            };
+            let message = format!("line {}, {side}: {}", pair.line, record_error(e));
+            progress.suspend(|| eprintln!("rewardrt: {source}:{message}"));
+            failed.push(json!({"line": pair.line, "id": pair.id, "error": message}));
         }
         progress.inc(chunk.len() as u64);
     }

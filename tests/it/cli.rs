@@ -402,13 +402,24 @@ fn eval_reports_bad_rows_and_evaluates_the_rest() {
         &pairs,
         "{\"prompt\":\"What is 2+2?\",\"chosen\":\"4\",\"rejected\":\"5\",\"subset\":\"s\"}\n\
          {\"id\":\"bad\",\"prompt\":\"What is 2+2?\",\"chosen\":\"4\"}\n\
-         {\"prompt\":\"What is 3+3?\",\"chosen\":\"6\",\"rejected\":\"60\",\"subset\":\"s\"}\n",
+         {\"prompt\":\"What is 3+3?\",\"chosen\":\"6\",\"rejected\":\"60\",\"subset\":\"s\"}\n"
+            .to_owned()
+            // A pair whose rejected side is longer than the model's 64 positions: that pair fails, named.
+            + &format!(
+                "{{\"prompt\":\"What is 1+1?\",\"chosen\":\"2\",\"rejected\":\"{}\"}}\n",
+                "1 ".repeat(80)
+            ),
     )
     .unwrap();
     let out = eval(&pairs, &[]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("line 2, field `rejected`: missing"), "{stderr}");
+    assert!(
+        stderr.contains("line 4, rejected: ") && stderr.contains("max_length 64"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("2 rows failed"), "{stderr}");
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("| s "),
         "the good rows were evaluated"
