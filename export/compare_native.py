@@ -47,25 +47,18 @@ def read_input(path: Path) -> tuple[list[dict], list[tuple[int, int]]]:
     """Records to score and preference pairs (index of preferred, index of the other) among them."""
     records: list[dict] = []
     pairs: list[tuple[int, int]] = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise CompareError(f"{path}:{line_no}: invalid JSON: {e}") from e
-            rid = row.get("id", f"line-{line_no}")
-            if "chosen" in row and "rejected" in row and "prompt" in row:
-                pairs.append((len(records), len(records) + 1))
-                records.append({"id": f"{rid}/chosen", "prompt": row["prompt"], "response": row["chosen"]})
-                records.append({"id": f"{rid}/rejected", "prompt": row["prompt"], "response": row["rejected"]})
-            elif "text" in row or ("prompt" in row and "response" in row):
-                records.append(dict(row, id=rid))
-            else:
-                raise CompareError(
-                    f"{path}:{line_no}: needs `text`, `prompt` and `response`, or `prompt`, `chosen` and `rejected`"
-                )
+    for line_no, row in export.jsonl_rows(path):
+        rid = row.get("id", f"line-{line_no}")
+        if "chosen" in row and "rejected" in row and "prompt" in row:
+            pairs.append((len(records), len(records) + 1))
+            records.append({"id": f"{rid}/chosen", "prompt": row["prompt"], "response": row["chosen"]})
+            records.append({"id": f"{rid}/rejected", "prompt": row["prompt"], "response": row["rejected"]})
+        elif "text" in row or ("prompt" in row and "response" in row):
+            records.append(dict(row, id=rid))
+        else:
+            raise CompareError(
+                f"{path}:{line_no}: needs `text`, `prompt` and `response`, or `prompt`, `chosen` and `rejected`"
+            )
     if not records:
         raise CompareError(f"{path}: no records")
     if not pairs:

@@ -101,20 +101,26 @@ def format_record(record: dict, template: str) -> str:
     return re.sub(r"\{prompt\}|\{response\}", lambda m: fields[m.group(0)], template)
 
 
-def read_records(path: Path) -> list[dict]:
-    records = []
+def jsonl_rows(path: Path):
+    """``(line number, value)`` for each non-blank line of a JSONL file; invalid JSON is an ``ExportError``
+    naming the file and line."""
     with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                yield line_no, json.loads(line)
             except json.JSONDecodeError as e:
                 raise ExportError(f"{path}:{line_no}: invalid JSON: {e}") from e
-            if "text" not in record and "messages" not in record and not ("prompt" in record and "response" in record):
-                raise ExportError(f"{path}:{line_no}: record needs `text`, `messages`, or both `prompt` and `response`")
-            record.setdefault("id", f"{path.stem}-{line_no}")
-            records.append(record)
+
+
+def read_records(path: Path) -> list[dict]:
+    records = []
+    for line_no, record in jsonl_rows(path):
+        if "text" not in record and "messages" not in record and not ("prompt" in record and "response" in record):
+            raise ExportError(f"{path}:{line_no}: record needs `text`, `messages`, or both `prompt` and `response`")
+        record.setdefault("id", f"{path.stem}-{line_no}")
+        records.append(record)
     return records
 
 

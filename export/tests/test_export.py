@@ -352,6 +352,9 @@ def test_compare_native_input_errors_name_the_line(tmp_path):
     bad.write_text('{"prompt": "p", "response": "r"}\n{"prompt": "only a prompt"}\n')
     with pytest.raises(compare_native.CompareError, match=r"bad.jsonl:2: needs"):
         compare_native.read_input(bad)
+    bad.write_text('\n{"prompt": "p", "response": "r"}\n{not json\n')
+    with pytest.raises(compare_native.export.ExportError, match=r"bad.jsonl:3: invalid JSON"):
+        compare_native.read_input(bad)
 
 
 def test_spearman_handles_ties():
